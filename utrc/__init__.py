@@ -1,0 +1,27 @@
+"""utrc: unified token reduction for Mamba and Mamba-2 language models (SPEC §9).
+
+    model, tokenizer = utrc.load_model("demo:mamba2")
+    reduced = utrc.apply(model, utrc.Policy.load("policy.json"))
+    out = reduced(input_ids, protect_last=1)      # out.logits, out.positions
+"""
+
+from .flops import estimate_flops
+from .loading import load_model
+from .policy import LayerSpec, ModelSpec, Policy, PolicyError
+from .reduced import ReducedModel, ReducedOutput, apply
+from .shapes import ModelShape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LayerSpec",
+    "ModelShape",
+    "ModelSpec",
+    "Policy",
+    "PolicyError",
+    "ReducedModel",
+    "ReducedOutput",
+    "apply",
+    "estimate_flops",
+    "load_model",
+]

@@ -1,0 +1,280 @@
+"""One reduction layer: score tokens, match them, and apply one plan to every tensor (SPEC §1, §2).
+
+The shape follows ToMe's `merge.py`: a matching function looks at the importance source once and
+returns a `ReductionPlan`; the plan then shortens the hidden branch, the residual branch, the token
+sizes and the original positions the same way, so the two branches can still be added.
+
+Every function works on a whole batch at once. Rows are independent: each row has its own real
+length (right padding after it), its own protected suffix and so its own removal count. Slots past
+a row's count are padding in the plan's tensors, masked by `valid`.
+
+Notation: B batch, N current sequence length (padded), C importance/feature width, D model width,
+A / Bset the less / more important halves of a row's reducible prefix, R the largest removal count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .counts import prune_counts, removal_counts
+
+# --- importance -------------------------------------------------------------------------------
+
+
+def importance_scores(source: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-token importance of `source` [B, N, C] -> [B, N] float32 (SPEC §1 step 2)."""
+    y = source.float()
+    if metric == "clip":
+        return y.clamp(min=0).mean(-1)
+    if metric == "l1":
+        return y.abs().mean(-1)
+    if metric == "l2":
+        return y.square().mean(-1).sqrt()
+    if metric == "signed":
+        return y.mean(-1)
+    raise ValueError(f"unknown importance metric {metric!r}")
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ReductionPlan:
+    """What one reduction layer does to each row. Index tensors point into the current sequence.
+
+    src            [B, R] the removed tokens, in order of increasing score (ties: position)
+    dst            [B, R] the token each source is matched to (its merge destination)
+    valid          [B, R] slot r < removed[b]
+    merge_hidden   [B, R] the source is merged into dst on the hidden branch (else pruned)
+    merge_residual [B, R] the same on the residual branch
+    keep           [B, N'] the survivors in original order; slots past new_lengths[b] are padding
+    keep_valid     [B, N']
+    new_lengths    [B] real tokens per row after this layer
+    """
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    valid: torch.Tensor
+    merge_hidden: torch.Tensor
+    merge_residual: torch.Tensor
+    keep: torch.Tensor
+    keep_valid: torch.Tensor
+    new_lengths: torch.Tensor
+
+    @property
+    def removed(self) -> torch.Tensor:  # [B]
+        return self.valid.sum(1)
+
+    def hidden(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Reduce the hidden branch (the mixer output) x [B, N, D] -> [B, N', D]."""
+        return self._merge_and_gather(x, sizes, self.merge_hidden)
+
+    def residual(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Reduce the residual branch (the stream before the add) x [B, N, D] -> [B, N', D]."""
+        return self._merge_and_gather(x, sizes, self.merge_residual)
+
+    def sizes(self, sizes: torch.Tensor) -> torch.Tensor:
+        """Token sizes after the layer: destinations grow by the sizes merged into them on the
+        residual branch (the branch that carries the stream on). [B, N] -> [B, N'], 0 on padding."""
+        added = torch.zeros_like(sizes).scatter_add_(1, self.dst, self._source_weights(sizes, self.merge_residual))
+        return self._gather(sizes + added)
+
+    def positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Original position of every surviving row [B, N] -> [B, N'], -1 on padding."""
+        return positions.gather(1, self.keep).masked_fill(~self.keep_valid, -1)
+
+    def _source_weights(self, sizes: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
+        return torch.where(merge, sizes.gather(1, self.src), torch.zeros((), dtype=sizes.dtype, device=sizes.device))
+
+    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
+        if merge.any():
+            # Size-weighted mean of each destination and the sources merged into it, with the sizes
+            # as they were before this layer. Only rows that receive a source are rewritten, so an
+            # untouched token keeps its exact bits.
+            D = x.shape[-1]
+            w_src = self._source_weights(sizes, merge)  # [B, R]
+            x_src = x.gather(1, self.src[..., None].expand(-1, -1, D)).float() * w_src[..., None]  # [B, R, D]
+            num = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+            num.scatter_add_(1, self.dst[..., None].expand(-1, -1, D), x_src)  # [B, N, D]
+            den = torch.zeros_like(sizes).scatter_add_(1, self.dst, w_src)  # [B, N]
+            w_dst = sizes[..., None].float()
+            merged = ((x.float() * w_dst + num) / (w_dst + den[..., None])).to(x.dtype)
+            x = torch.where((den > 0)[..., None], merged, x)
+        return self._gather(x)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        index = self.keep if t.dim() == 2 else self.keep[..., None].expand(-1, -1, t.shape[-1])
+        mask = self.keep_valid if t.dim() == 2 else self.keep_valid[..., None]
+        return t.gather(1, index) * mask  # padding slots become 0
+
+
+def _arange_mask(count: torch.Tensor, width: int) -> torch.Tensor:
+    """[B] counts -> [B, width] bool, True where slot < count."""
+    return torch.arange(width, device=count.device)[None, :] < count[:, None]
+
+
+def _first_where(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Indices of the True entries of each row of mask [B, N], in order, padded with 0 -> [B, width]."""
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    return order.masked_fill(~_arange_mask(mask.sum(1), width), 0)
+
+
+def _finish(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    valid: torch.Tensor,
+    merge_hidden: torch.Tensor,
+    merge_residual: torch.Tensor,
+    lengths: torch.Tensor,
+    N: int,
+) -> ReductionPlan:
+    """Survivors: every real token that is not a source, in original order."""
+    B = lengths.shape[0]
+    # scatter_add, not scatter: padding slots point at index 0 and must not overwrite a real source there
+    removed = torch.zeros(B, N, dtype=torch.int32, device=lengths.device).scatter_add_(1, src, valid.int()) > 0
+    survivor = _arange_mask(lengths, N) & ~removed
+    new_lengths = lengths - valid.sum(1)
+    width = int(new_lengths.max()) if B else 0
+    return ReductionPlan(
+        src=src,
+        dst=dst,
+        valid=valid,
+        merge_hidden=merge_hidden & valid,
+        merge_residual=merge_residual & valid,
+        keep=_first_where(survivor, width),
+        keep_valid=_arange_mask(new_lengths, width),
+        new_lengths=new_lengths,
+    )
+
+
+def _cosine_best_match(features, a_idx, a_valid, b_idx, b_valid):
+    """For each A slot, the Bset token with the highest cosine similarity (ties: smallest position,
+    since b_idx is in position order and max returns the first maximum).
+    -> (best similarity [B, |A|] with -inf on invalid A slots, destination index [B, |A|])."""
+    C = features.shape[-1]
+    f = F.normalize(features.float(), dim=-1)
+    fa = f.gather(1, a_idx[..., None].expand(-1, -1, C))  # [B, |A|, C]
+    fb = f.gather(1, b_idx[..., None].expand(-1, -1, C))  # [B, |Bset|, C]
+    sim = fa @ fb.transpose(1, 2)  # [B, |A|, |Bset|]
+    sim = sim.masked_fill(~b_valid[:, None, :], float("-inf"))
+    best, j = sim.max(dim=-1)
+    best = best.masked_fill(~a_valid, float("-inf"))
+    return best, b_idx.gather(1, j)
+
+
+def _strategy_mask(strategy: str, pruned: torch.Tensor) -> torch.Tensor:
+    """Which selected sources a branch merges (the others it drops)."""
+    if strategy == "hybrid":
+        return ~pruned
+    if strategy == "merge":
+        return torch.ones_like(pruned)
+    if strategy == "prune":
+        return torch.zeros_like(pruned)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+# --- the three matchers -----------------------------------------------------------------------
+
+
+def utrc_plan(
+    scores: torch.Tensor,
+    features: torch.Tensor,
+    lengths: torch.Tensor,
+    protect: torch.Tensor,
+    keep: float,
+    prune_share: float = 0.5,
+    hidden_strategy: str = "hybrid",
+    residual_strategy: str = "merge",
+) -> ReductionPlan:
+    """UTRC (SPEC §1 steps 1-7).
+
+    scores [B, N] float32, features [B, N, C], lengths [B] real tokens, protect [B] protected suffix.
+    """
+    B, N = scores.shape
+    prefix = (lengths - protect).clamp(min=0)  # [B]
+    r = removal_counts(prefix, keep)  # [B]
+    a_count = prefix // 2
+    R, A_max, B_max = int(r.max()), int(a_count.max()), int((prefix - a_count).max())
+    if R == 0:
+        return _no_reduction(lengths, N)
+
+    # 3. classify: order the prefix by (score, position); the first floor(P/2) are A
+    in_prefix = _arange_mask(prefix, N)
+    order = torch.sort(scores.masked_fill(~in_prefix, float("inf")), dim=1, stable=True).indices  # [B, N]
+    a_idx = order[:, :A_max]  # [B, |A|] in (score, position) order
+    a_valid = _arange_mask(a_count, A_max)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(N, device=order.device).expand(B, N))
+    b_idx = _first_where(in_prefix & (rank >= a_count[:, None]), B_max)  # [B, |Bset|] in position order
+    b_valid = _arange_mask(prefix - a_count, B_max)
+
+    # 4. match each A token to its most similar Bset token
+    best, dst_of_a = _cosine_best_match(features, a_idx, a_valid, b_idx, b_valid)
+
+    # 5. select the r A tokens with the most similar partner (ties: A order, i.e. lower score, then position)
+    chosen = torch.sort(best, dim=1, descending=True, stable=True).indices[:, :R]  # A slots, [B, R]
+    valid = _arange_mask(r, R)
+    # back into A order so that the lowest-score sources come first (step 6 prunes those)
+    chosen = torch.sort(chosen.masked_fill(~valid, A_max), dim=1).values.clamp(max=A_max - 1)
+    src = a_idx.gather(1, chosen)
+    dst = dst_of_a.gather(1, chosen)
+
+    # 6. split: the floor(q*r + 0.5) lowest-score sources are pruned, the rest merged
+    pruned = _arange_mask(prune_counts(r, prune_share), R)
+    return _finish(
+        src,
+        dst,
+        valid,
+        _strategy_mask(hidden_strategy, pruned),
+        _strategy_mask(residual_strategy, pruned),
+        lengths,
+        N,
+    )
+
+
+def evit_plan(scores: torch.Tensor, lengths: torch.Tensor, protect: torch.Tensor, keep: float) -> ReductionPlan:
+    """EViT-style pruning: drop the r lowest-score prefix tokens (ties: position) from both branches."""
+    B, N = scores.shape
+    prefix = (lengths - protect).clamp(min=0)
+    r = removal_counts(prefix, keep)
+    R = int(r.max())
+    if R == 0:
+        return _no_reduction(lengths, N)
+    in_prefix = _arange_mask(prefix, N)
+    order = torch.sort(scores.masked_fill(~in_prefix, float("inf")), dim=1, stable=True).indices
+    valid = _arange_mask(r, R)
+    src = order[:, :R].masked_fill(~valid, 0)
+    never = torch.zeros_like(valid)
+    return _finish(src, torch.zeros_like(src), valid, never, never, lengths, N)
+
+
+def tome_plan(features: torch.Tensor, lengths: torch.Tensor, protect: torch.Tensor, keep: float) -> ReductionPlan:
+    """ToMe / PuMer bipartite merging: A = even indices of the current prefix, Bset = odd ones; the r
+    best-matching A tokens are merged into their partners on both branches."""
+    B, N = features.shape[:2]
+    prefix = (lengths - protect).clamp(min=0)
+    r = removal_counts(prefix, keep)
+    R = int(r.max())
+    if R == 0:
+        return _no_reduction(lengths, N)
+    P_max = int(prefix.max())
+    device = features.device
+    a_idx = torch.arange(0, P_max, 2, device=device).expand(B, -1)  # [B, ceil(P/2)]
+    b_idx = torch.arange(1, P_max, 2, device=device).expand(B, -1)  # [B, floor(P/2)]
+    a_valid = a_idx < prefix[:, None]
+    b_valid = b_idx < prefix[:, None]
+    best, dst_of_a = _cosine_best_match(features, a_idx, a_valid, b_idx, b_valid)
+    chosen = torch.sort(best, dim=1, descending=True, stable=True).indices[:, :R]  # ties: smaller position
+    valid = _arange_mask(r, R)
+    src = a_idx.gather(1, chosen).masked_fill(~valid, 0)
+    dst = dst_of_a.gather(1, chosen).masked_fill(~valid, 0)
+    return _finish(src, dst, valid, valid, valid, lengths, N)
+
+
+def _no_reduction(lengths: torch.Tensor, N: int) -> ReductionPlan:
+    B = lengths.shape[0]
+    empty = torch.zeros(B, 0, dtype=torch.int64, device=lengths.device)
+    none = torch.zeros(B, 0, dtype=torch.bool, device=lengths.device)
+    return _finish(empty, empty, none, none, none, lengths, N)
