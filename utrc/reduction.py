@@ -53,6 +53,7 @@ class ReductionPlan:
     keep           [B, N'] the survivors in original order; slots past new_lengths[b] are padding
     keep_valid     [B, N']
     new_lengths    [B] real tokens per row after this layer
+    new_index      [B, N] where each current token lands in the output (meaningful for survivors)
     """
 
     src: torch.Tensor
@@ -63,6 +64,7 @@ class ReductionPlan:
     keep: torch.Tensor
     keep_valid: torch.Tensor
     new_lengths: torch.Tensor
+    new_index: torch.Tensor
 
     @property
     def removed(self) -> torch.Tensor:  # [B]
@@ -90,25 +92,37 @@ class ReductionPlan:
         return torch.where(merge, sizes.gather(1, self.src), torch.zeros((), dtype=sizes.dtype, device=sizes.device))
 
     def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
-        if merge.any():
-            # Size-weighted mean of each destination and the sources merged into it, with the sizes
-            # as they were before this layer. Only rows that receive a source are rewritten, so an
-            # untouched token keeps its exact bits.
-            D = x.shape[-1]
-            w_src = self._source_weights(sizes, merge)  # [B, R]
-            x_src = x.gather(1, self.src[..., None].expand(-1, -1, D)).float() * w_src[..., None]  # [B, R, D]
-            num = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-            num.scatter_add_(1, self.dst[..., None].expand(-1, -1, D), x_src)  # [B, N, D]
-            den = torch.zeros_like(sizes).scatter_add_(1, self.dst, w_src)  # [B, N]
-            w_dst = sizes[..., None].float()
-            merged = ((x.float() * w_dst + num) / (w_dst + den[..., None])).to(x.dtype)
-            x = torch.where((den > 0)[..., None], merged, x)
-        return self._gather(x)
+        out = self._gather(x)  # [B, N', D]
+        if not bool(merge.any()):
+            return out
+        # Size-weighted mean of each destination and the sources merged into it, with the sizes as
+        # they were before this layer. Only the destination rows are touched (O(r·D), not O(N·D)), so
+        # every other token keeps its exact bits.
+        B, N, D = x.shape
+        batch = torch.arange(B, device=x.device)[:, None]
+        src_rows = (self.src + batch * N)[merge]  # [M] flat rows of x
+        dst_rows = (self.new_index.gather(1, self.dst) + batch * out.shape[1])[merge]  # [M] flat rows of out
+        w_src = sizes.gather(1, self.src)[merge]  # [M]
+        rows, slot = torch.unique(dst_rows, return_inverse=True)  # each destination once
+        x_src = x.reshape(B * N, D).index_select(0, src_rows).float() * w_src[:, None]
+        num = torch.zeros(len(rows), D, device=x.device).index_add_(0, slot, x_src)  # [U, D]
+        den = torch.zeros(len(rows), device=x.device).index_add_(0, slot, w_src.float())  # [U]
+        w_dst = self._gather(sizes).reshape(-1)[rows].float()  # [U]
+        out_rows = out.view(B * out.shape[1], D)
+        merged = (out_rows[rows].float() * w_dst[:, None] + num) / (w_dst + den)[:, None]
+        out_rows[rows] = merged.to(out.dtype)
+        return out
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
-        index = self.keep if t.dim() == 2 else self.keep[..., None].expand(-1, -1, t.shape[-1])
-        mask = self.keep_valid if t.dim() == 2 else self.keep_valid[..., None]
-        return t.gather(1, index) * mask  # padding slots become 0
+        """Survivor rows of t [B, N] or [B, N, D], padding slots set to 0."""
+        if t.dim() == 2:
+            return t.gather(1, self.keep) * self.keep_valid
+        B, N, D = t.shape
+        flat = (self.keep + torch.arange(B, device=t.device)[:, None] * N).reshape(-1)
+        out = t.reshape(B * N, D).index_select(0, flat).view(B, -1, D)  # row copies, faster than gather
+        if not bool(self.keep_valid.all()):
+            out[~self.keep_valid] = 0
+        return out
 
 
 def _arange_mask(count: torch.Tensor, width: int) -> torch.Tensor:
@@ -147,6 +161,7 @@ def _finish(
         keep=_first_where(survivor, width),
         keep_valid=_arange_mask(new_lengths, width),
         new_lengths=new_lengths,
+        new_index=survivor.cumsum(1) - 1,
     )
 
 
@@ -154,11 +169,15 @@ def _cosine_best_match(features, a_idx, a_valid, b_idx, b_valid):
     """For each A slot, the Bset token with the highest cosine similarity (ties: smallest position,
     since b_idx is in position order and max returns the first maximum).
     -> (best similarity [B, |A|] with -inf on invalid A slots, destination index [B, |A|])."""
-    C = features.shape[-1]
-    f = F.normalize(features.float(), dim=-1)
-    fa = f.gather(1, a_idx[..., None].expand(-1, -1, C))  # [B, |A|, C]
-    fb = f.gather(1, b_idx[..., None].expand(-1, -1, C))  # [B, |Bset|, C]
-    sim = fa @ fb.transpose(1, 2)  # [B, |A|, |Bset|]
+    B, N, C = features.shape
+    flat = features.reshape(B * N, C)
+    offset = torch.arange(B, device=features.device)[:, None] * N
+    fa = flat.index_select(0, (a_idx + offset).reshape(-1)).view(B, -1, C)  # [B, |A|, C]
+    fb = flat.index_select(0, (b_idx + offset).reshape(-1)).view(B, -1, C)  # [B, |Bset|, C]
+    # dot products first, norms after: one pass over the features instead of normalising a copy
+    norms = torch.linalg.vector_norm(features, dim=-1, dtype=torch.float32).clamp(min=1e-12)  # [B, N]
+    sim = torch.bmm(fa, fb.transpose(1, 2)).float()  # [B, |A|, |Bset|]
+    sim = sim / (norms.gather(1, a_idx)[:, :, None] * norms.gather(1, b_idx)[:, None, :])
     sim = sim.masked_fill(~b_valid[:, None, :], float("-inf"))
     best, j = sim.max(dim=-1)
     best = best.masked_fill(~a_valid, float("-inf"))

@@ -1,0 +1,186 @@
+"""The analytic FLOPs model (SPEC §5): linear terms against torch's FlopCounterMode, the paper's
+token-fraction proxy, token schedules, and the keep-ratio solver."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import tiny_model
+from utrc.flops import (
+    block_flops,
+    estimate_flops,
+    feature_width,
+    head_flops,
+    linear_flops,
+    reduction_flops,
+    solve_keep,
+    token_schedule,
+)
+from utrc.policy import LayerSpec, ModelSpec, Policy, PolicyError, paper_layers, with_layers
+from utrc.shapes import PAPER_SHAPES, ModelShape
+
+MAMBA2_27B = PAPER_SHAPES["state-spaces/mamba2-2.7b"]
+MATMULS = {"mm", "addmm", "bmm", "matmul"}
+
+
+def _matmul_flops(counts, suffix, ops=MATMULS):
+    """Matmul FLOPs that FlopCounterMode attributed to the one module whose name ends in `suffix`."""
+    keys = [k for k in counts if k.endswith(suffix)]
+    assert len(keys) == 1, (suffix, keys)
+    return sum(v for op, v in counts[keys[0]].items() if str(op).rsplit(".", 1)[-1] in ops)
+
+
+@pytest.mark.parametrize("architecture", ["mamba", "mamba2"])
+def test_linear_terms_match_flop_counter(architecture):
+    model = tiny_model(architecture)
+    shape = ModelShape.of(model)
+    batch, L = 2, 13  # 13 is not a multiple of the tiny Mamba-2 chunk (8)
+    ids = torch.randint(3, shape.vocab_size, (batch, L))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(ids)
+    counts = counter.get_flop_counts()
+
+    d, e, n = shape.d_model, shape.d_inner, shape.d_state
+    in_proj = _matmul_flops(counts, "layers.0.mixer.in_proj")
+    out_proj = _matmul_flops(counts, "layers.0.mixer.out_proj")
+    lm_head = _matmul_flops(counts, "lm_head")
+    mixer_mm = _matmul_flops(counts, "layers.0.mixer", {"mm", "addmm"})
+    if architecture == "mamba":
+        R = shape.dt_rank
+        x_proj = _matmul_flops(counts, "layers.0.mixer.x_proj")
+        # transformers runs dt_proj as `dt_proj.weight @ dt` inside the mixer, not through the module
+        dt_proj = mixer_mm - in_proj - x_proj - out_proj
+        assert in_proj == batch * L * 2 * d * 2 * e
+        assert x_proj == batch * L * 2 * e * (R + 2 * n)
+        assert dt_proj == batch * L * 2 * R * e
+        counted = in_proj + x_proj + dt_proj + out_proj
+        # the recurrent scan's readout C·h is the mixer's only bmm: 2·e·n per token
+        assert _matmul_flops(counts, "layers.0.mixer", {"bmm"}) == batch * L * 2 * e * n
+    else:
+        assert mixer_mm == in_proj + out_proj  # no other Linear-like matmul in the Mamba-2 mixer
+        counted = in_proj + out_proj
+    assert out_proj == batch * L * 2 * e * d
+    assert counted == batch * linear_flops(shape, L)
+    assert lm_head == batch * (head_flops(shape, L) - L * (4 * d + 2))  # head = final RMSNorm + lm_head
+    assert lm_head == batch * L * 2 * d * shape.vocab_size
+    # every block costs more than its matmuls
+    assert block_flops(shape, L) > linear_flops(shape, L)
+
+
+def test_block_flops_structure():
+    m1 = PAPER_SHAPES["state-spaces/mamba-2.8b"]
+    assert block_flops(m1, 2048) == 2 * block_flops(m1, 1024)  # Mamba-1: linear in L
+    Q = MAMBA2_27B.chunk_size
+    assert block_flops(MAMBA2_27B, 8 * Q) == 8 * block_flops(MAMBA2_27B, Q)  # SSD: whole chunks add up
+    # within a chunk the intra-chunk matmuls grow with the chunk length: more than linear
+    assert block_flops(MAMBA2_27B, Q) > 2 * block_flops(MAMBA2_27B, Q // 2)
+    assert block_flops(MAMBA2_27B, 0) == 0
+
+
+def test_paper_proxy_numbers():
+    spec = ModelSpec.of(MAMBA2_27B)
+    est = estimate_flops(MAMBA2_27B, Policy.paper(spec, 0.905), seq_len=2048, protect_last=1)
+    assert round(est["token_fraction_proxy"], 3) == 0.298
+    assert len(est["tokens_per_layer"]) == 64 and est["seq_len"] == 2048 and est["protect_last"] == 1
+    for keep, target in ((0.9729, 0.10), (0.9415, 0.20), (0.9043, 0.30)):
+        proxy = estimate_flops(MAMBA2_27B, Policy.paper(spec, keep))["token_fraction_proxy"]
+        assert abs(proxy - target) < 0.005, (keep, proxy)
+
+
+@pytest.mark.parametrize("name", ["state-spaces/mamba2-2.7b", "state-spaces/mamba-1.4b", "state-spaces/mamba-130m"])
+def test_reduction_zero_and_monotone(name):
+    shape = PAPER_SHAPES[name]
+    spec = ModelSpec.of(shape)
+    for policy in (Policy.dense(spec), Policy.paper(spec, 1.0)):
+        est = estimate_flops(shape, policy)
+        assert est["reduction"] == 0.0 and est["token_fraction_proxy"] == 0.0
+        assert est["reduced"] == est["dense"]
+    previous = {"reduction": 0.0, "token_fraction_proxy": 0.0}
+    for keep in (0.99, 0.97, 0.94, 0.9, 0.8, 0.7, 0.6, 0.5):
+        est = estimate_flops(shape, Policy.paper(spec, keep))
+        for metric in previous:
+            assert est[metric] > previous[metric], (keep, metric)
+            previous[metric] = est[metric]
+    # keep <= 0.5 already removes floor(P/2): nothing more to gain
+    assert estimate_flops(shape, Policy.paper(spec, 0.1))["reduction"] == previous["reduction"]
+
+
+def test_token_schedule_small_case():
+    shape = ModelShape("mamba2", 4, 32, 64, 64, 8, 4, 0, 16, 1, 8)
+    policy = Policy(method="utrc", model=ModelSpec.of(shape), layers={1: LayerSpec(0.5), 2: LayerSpec(0.8)})
+    # after block 1: P = 20 - 3 = 17, r = min(8, 17 - ceil(8.5)) = 8 -> 12
+    # after block 2: P = 12 - 3 = 9,  r = min(4, 9 - ceil(7.2)) = 1 -> 11
+    assert token_schedule(4, policy, 20, 3) == [20, 20, 12, 11]
+    assert token_schedule(4, Policy.dense(ModelSpec.of(shape)), 20, 3) == [20] * 4
+    assert token_schedule(4, policy, 3, 3) == [3] * 4  # everything protected
+
+    est = estimate_flops(shape, policy, seq_len=20, protect_last=3)
+    width = feature_width(shape, policy)
+    assert width == shape.d_inner
+    expected = (
+        sum(block_flops(shape, n) for n in (20, 20, 12, 11))
+        + reduction_flops(shape, "utrc", 17, 8, width)
+        + reduction_flops(shape, "utrc", 9, 1, width)
+        + head_flops(shape, 11)
+    )
+    assert est["reduced"] == pytest.approx(expected, rel=1e-12)
+    assert est["dense"] == pytest.approx(4 * block_flops(shape, 20) + head_flops(shape, 20), rel=1e-12)
+    assert est["token_fraction_proxy"] == pytest.approx(1 - (20 + 20 + 12 + 11) / 80)
+    assert est["tokens_per_layer"] == [20, 20, 12, 11]
+
+
+def test_reduction_step_costs():
+    s = MAMBA2_27B
+    C, d = s.d_inner, s.d_model
+    assert reduction_flops(s, "dense", 100, 10, C) == 0
+    assert reduction_flops(s, "utrc", 100, 0, C) == 0  # a step that removes nothing is skipped
+    assert reduction_flops(s, "evit", 100, 10, C) == 2 * C * 100
+    # P = 101: utrc |A|, |B| = 50, 51; tome (even/odd) 51, 50: the same matrix, tome has no scores
+    utrc, tome = reduction_flops(s, "utrc", 101, 10, C), reduction_flops(s, "tome", 101, 10, C)
+    assert utrc - tome == 2 * C * 101
+    assert tome == (3 * C + 1) * 101 + 2 * 50 * 51 * C + 50 * 51 + 2 * 10 * (4 * d + 1)
+    assert feature_width(s, Policy.paper(ModelSpec.of(s), 0.9, importance_source="mixer_output")) == d
+    # at the same keep, evit sees the same tokens and pays for scores only
+    spec = ModelSpec.of(s)
+    evit = estimate_flops(s, with_layers(Policy(method="evit", model=spec), {l: 0.9 for l in paper_layers(64)}))
+    full = estimate_flops(s, Policy.paper(spec, 0.9))
+    assert evit["tokens_per_layer"] == full["tokens_per_layer"] and evit["reduced"] < full["reduced"]
+
+
+def test_estimate_from_model_and_fit_check():
+    model = tiny_model("mamba2")
+    shape = ModelShape.of(model)
+    policy = Policy.paper(ModelSpec.of(shape), 0.7)
+    assert estimate_flops(model, policy, seq_len=64) == estimate_flops(shape, policy, seq_len=64)
+    with pytest.raises(PolicyError):
+        estimate_flops(MAMBA2_27B, policy)
+
+
+def test_solve_keep():
+    layers = paper_layers(64)
+    for metric in ("reduction", "token_fraction_proxy"):
+        for target in (0.10, 0.20, 0.30):
+            keep = solve_keep(MAMBA2_27B, layers, target, metric=metric)
+            assert 0.5 <= keep < 1.0
+            got = estimate_flops(MAMBA2_27B, Policy.paper(ModelSpec.of(MAMBA2_27B), keep))[metric]
+            assert abs(got - target) < 0.001, (metric, target, keep, got)
+    # a base policy's method and options are kept
+    tome = Policy(method="tome", model=ModelSpec.of(MAMBA2_27B))
+    keep = solve_keep(MAMBA2_27B, layers, 0.2, base_policy=tome)
+    assert abs(estimate_flops(MAMBA2_27B, with_layers(tome, {l: keep for l in layers}))["reduction"] - 0.2) < 0.001
+    assert solve_keep(MAMBA2_27B, layers, 0.0) == 1.0
+    with pytest.raises(ValueError, match="maximum reachable"):
+        solve_keep(MAMBA2_27B, layers, 0.95)
+
+
+def test_cli_prints_paper_proxy():
+    out = subprocess.run(
+        [sys.executable, "-m", "utrc.flops", "--model", "state-spaces/mamba2-2.7b"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert "mamba2-2.7b" in out and "mamba-2.8b" not in out
+    line = next(l for l in out.splitlines() if "0.905" in l)
+    assert "proxy 0.298" in line
