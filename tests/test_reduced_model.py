@@ -173,3 +173,25 @@ def test_bad_batch_layout(model):
         reduced(x, protect_last=11)
     with pytest.raises(TypeError, match="MambaForCausalLM"):
         apply(torch.nn.Linear(2, 2), policy(model, {1: 0.6}))
+
+
+def test_reduced_prefill_then_cached_decoding(model):
+    # keep 1.0: prefill through the reduced loop + decoding with the cache == transformers' greedy generate
+    from transformers import DynamicCache
+
+    x = ids(batch=2, n=24)
+    expected = model.generate(x, max_new_tokens=5, do_sample=False, min_new_tokens=5)[:, 24:]
+    for keep, check in ((1.0, True), (0.6, False)):
+        cache = DynamicCache(config=model.config)
+        out = apply(model, policy(model, {1: keep, 2: keep}))(x, cache=cache, last_logits_only=True)
+        assert out.logits.shape == (2, 1, VOCAB) and out.positions.tolist() == [[23], [23]]
+        tokens = [out.logits[:, -1].argmax(-1)]
+        for _ in range(4):
+            step = model(input_ids=tokens[-1][:, None], cache=cache, use_cache=True)
+            tokens.append(step.logits[:, -1].argmax(-1))
+        if check:
+            assert torch.equal(torch.stack(tokens, 1), expected)
+    with pytest.raises(ValueError, match="unpadded"):
+        mask = torch.ones_like(x)
+        mask[0, -3:] = 0
+        apply(model, policy(model, {1: 0.6}))(x, attention_mask=mask, cache=DynamicCache(config=model.config))

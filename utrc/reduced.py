@@ -72,9 +72,18 @@ class ReducedModel:
         input_ids: torch.Tensor,
         protect_last: int | torch.Tensor = 1,
         attention_mask: torch.Tensor | None = None,
+        *,
+        cache=None,
+        last_logits_only: bool = False,
     ) -> ReducedOutput:
+        """`cache`: a transformers `DynamicCache(config=model.config)` to fill with each block's
+        conv and recurrent state, for decoding after a reduced prefill (rows must be unpadded).
+        `last_logits_only`: compute logits for the last row only (as generation does): logits
+        [B, 1, V], positions [B, 1]."""
         B, N = input_ids.shape
         lengths, protect = _row_lengths(input_ids, attention_mask, protect_last)
+        if cache is not None and bool((lengths != N).any()):
+            raise ValueError("a cache needs unpadded rows: the recurrent state would absorb the padding")
         backbone = self.model.backbone
         device = input_ids.device
 
@@ -87,26 +96,30 @@ class ReducedModel:
             tokens_per_layer[i] = lengths
             step = self.schedule.get(i)
             if step is None or int(removal_counts((lengths - protect).clamp(min=0), step[0]).max()) == 0:
-                h = block(h)
+                h = block(h, cache)
                 continue
-            plan, residual, mix = self._reduce_block(block, h, lengths, protect, *step)
+            plan, residual, mix = self._reduce_block(block, h, lengths, protect, *step, cache)
             h = plan.residual(residual, sizes) + plan.hidden(mix, sizes)
             sizes = plan.sizes(sizes)
             positions = plan.positions(positions)
             lengths = plan.new_lengths
 
+        if last_logits_only:
+            last = (lengths - 1)[:, None]  # [B, 1]
+            h = h.gather(1, last[..., None].expand(-1, -1, h.shape[-1]))  # [B, 1, D]
+            positions, sizes = positions.gather(1, last), sizes.gather(1, last)
         h = backbone.norm_f(h)
         logits = self.model.lm_head(h.to(self.model.lm_head.weight.dtype)).float()  # [B, N', V]
         return ReducedOutput(logits, positions, sizes, lengths, tokens_per_layer)
 
-    def _reduce_block(self, block, h, lengths, protect, keep, prune_share):
+    def _reduce_block(self, block, h, lengths, protect, keep, prune_share, cache=None):
         """Run one block split into its branches and plan its reduction.
         -> (plan, residual branch [B, N, D], hidden branch [B, N, D])."""
         residual = h
         normed = block.norm(h.to(dtype=block.norm.weight.dtype))
         if block.residual_in_fp32:
             residual = residual.to(torch.float32)
-        mix, source = _mixer_with_source(block.mixer, normed, self.policy.importance_source)
+        mix, source = _mixer_with_source(block.mixer, normed, self.policy.importance_source, cache)
         plan = self._plan(source, lengths, protect, keep, prune_share)
         return plan, residual, mix
 
@@ -124,7 +137,7 @@ class ReducedModel:
         raise PolicyError(f"method: {p.method!r} has no reduction step")  # dense has no layers
 
 
-def _mixer_with_source(mixer, normed: torch.Tensor, source: str):
+def _mixer_with_source(mixer, normed: torch.Tensor, source: str, cache=None):
     """Run the mixer and also return the tensor importance is read from.
 
     The SSM output is the input of `out_proj`; Mamba-2's scan output is the first input of its
@@ -134,13 +147,13 @@ def _mixer_with_source(mixer, normed: torch.Tensor, source: str):
     we stop rather than silently reduce on the wrong tensor.
     """
     if source == "mixer_output":
-        out = mixer(normed)
+        out = mixer(normed, cache)
         return out, out
     module = mixer.out_proj if source == "ssm_output" else mixer.norm
     captured = []
     handle = module.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
     try:
-        out = mixer(normed)
+        out = mixer(normed, cache)
     finally:
         handle.remove()
     if len(captured) != 1:
