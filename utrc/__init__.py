@@ -13,6 +13,12 @@ from .shapes import ModelShape
 
 __version__ = "0.1.0"
 
+try:  # registers the lm-eval model `utrc`; lm-eval (with its hf extra) is optional for a deployer
+    from . import lm_eval as _lm_eval
+except ModuleNotFoundError as err:
+    if err.name not in ("lm_eval", "accelerate"):
+        raise
+
 __all__ = [
     "LayerSpec",
     "ModelShape",

@@ -253,6 +253,49 @@ def estimate_flops(model_or_shape, policy: Policy, seq_len: int = 2048, protect_
     }
 
 
+def realized_flops(
+    shape: ModelShape, policy: Policy, tokens_per_layer, protect_last, rows_out
+) -> list[tuple[float, float]]:
+    """(dense, reduced) FLOPs of each row of prefills that actually ran, from the token counts.
+
+    tokens_per_layer  [n_layer][B] ints: the real tokens each block processed per row
+                      (`ReducedOutput.tokens_per_layer.tolist()`); row b's input length is [0][b]
+    protect_last      [B] ints: the protected suffix of each row
+    rows_out          [B] ints: rows left after the last block (`ReducedOutput.lengths`)
+
+    The same terms as `estimate_flops`, so a row of n tokens with protect k gives exactly
+    `estimate_flops(shape, policy, n, k)`'s dense and reduced figures: dense = every block and the
+    head on n tokens; reduced = each block on the tokens it processed, the reduction step of every
+    layer whose count dropped (prefix = tokens - protect, removed = the drop), the head on the rows
+    left. A count that drops after a block the policy does not reduce raises ValueError.
+    """
+    counts = [list(map(int, layer)) for layer in tokens_per_layer]
+    if len(counts) != shape.n_layer:
+        raise ValueError(f"tokens_per_layer: expected {shape.n_layer} layers, got {len(counts)}")
+    protect, out = list(map(int, protect_last)), list(map(int, rows_out))
+    reducing = policy.reduction_layers()
+    width = feature_width(shape, policy)
+    result = []
+    for b in range(len(protect)):
+        column = [layer[b] for layer in counts] + [out[b]]
+        n = column[0]
+        dense = shape.n_layer * block_flops(shape, n) + head_flops(shape, n)
+        reduced = head_flops(shape, out[b])
+        for l in range(shape.n_layer):
+            reduced += block_flops(shape, column[l])
+            removed = column[l] - column[l + 1]
+            if removed == 0:
+                continue
+            if l not in reducing or removed < 0:
+                raise ValueError(
+                    f"row {b}: {column[l]} tokens after block {l} became {column[l + 1]}, which policy "
+                    f"{policy.method} with layers {sorted(reducing)} cannot produce"
+                )
+            reduced += reduction_flops(shape, policy.method, column[l] - protect[b], removed, width)
+        result.append((dense, reduced))
+    return result
+
+
 # --- solving a schedule for a budget ------------------------------------------------------------
 
 

@@ -1,0 +1,454 @@
+"""Charts as inline SVG, drawn in Python: no JavaScript library, no network, nothing to load.
+
+Three kinds, each returning one `<figure class="chart">` (markupsafe.Markup) holding an `<svg>`
+whose marks carry `<title>` tooltips and `data-series` names (the page's small script uses them to
+highlight a series when its legend entry is hovered):
+
+    xy_chart(series, ...)       points and lines on numeric axes (linear or log y)
+    bar_chart(groups, bars, ...) grouped bars, optional reference marks per bar
+    heatmap(rows, cols, values, ...) a colour grid with a colour scale
+
+Coordinates are in a fixed viewBox; the SVG scales to the page width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from typing import Callable, Sequence
+
+from markupsafe import Markup
+
+FONT = 12
+Fmt = Callable[[float], str]
+
+# Paul Tol's "vibrant" palette: distinguishable with the common colour-vision deficiencies.
+PALETTE = ["#0077BB", "#EE7733", "#009988", "#CC3311", "#33BBEE", "#EE3377", "#BBBBBB", "#000000"]
+
+# viridis at 9 stops (perceptually uniform, readable in grey)
+_VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"]
+
+
+@dataclass
+class Series:
+    """One named set of points. `tips` (one per point) become the points' tooltips."""
+
+    name: str
+    points: Sequence[tuple[float, float]]
+    color: str = PALETTE[0]
+    line: bool = True
+    dashed: bool = False
+    marker: str = "circle"  # circle | square | diamond | star | none
+    size: float = 4.5
+    opacity: float = 1.0
+    width: float = 2.0
+    step: bool = False  # draw the line as a staircase (running best)
+    tips: Sequence[str] | None = None
+    legend: bool = True
+
+
+@dataclass
+class Bar:
+    name: str
+    values: Sequence[float | None]  # one per group
+    color: str = PALETTE[0]
+    marks: Sequence[float | None] | None = None  # e.g. the ideal value, drawn as a tick on the bar
+    tips: Sequence[str] | None = None
+
+
+@dataclass
+class HLine:
+    y: float
+    label: str
+    color: str = "#555555"
+    dashed: bool = True
+
+
+@dataclass
+class _Frame:
+    width: int = 640
+    height: int = 340
+    left: int = 62
+    right: int = 16
+    top: int = 14
+    bottom: int = 46
+
+    @property
+    def plot_w(self) -> float:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_h(self) -> float:
+        return self.height - self.top - self.bottom
+
+
+@dataclass
+class _Scale:
+    lo: float
+    hi: float
+    a: float  # pixel of lo
+    b: float  # pixel of hi
+    log: bool = False
+    ticks: list[float] = field(default_factory=list)
+
+    def __call__(self, v: float) -> float:
+        if self.log:
+            v, lo, hi = math.log10(max(v, 1e-300)), math.log10(self.lo), math.log10(self.hi)
+        else:
+            lo, hi = self.lo, self.hi
+        return self.a + (v - lo) / ((hi - lo) or 1.0) * (self.b - self.a)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> tuple[float, float, list[float]]:
+    """A rounded domain [lo', hi'] covering [lo, hi] and ticks at 1 / 2 / 5 x 10^k steps."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    if hi - lo < 1e-12:
+        pad = abs(lo) * 0.1 or 0.5
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    lo2, hi2 = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    n = int(round((hi2 - lo2) / step))
+    return lo2, hi2, [round(lo2 + i * step, 12) for i in range(n + 1)]
+
+
+def ticks_within(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Ticks at a 1 / 2 / 5 x 10^k step that lie inside [lo, hi]."""
+    _, _, ticks = nice_ticks(lo, hi, count)
+    return [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
+
+
+def log_ticks(lo: float, hi: float) -> tuple[float, float, list[float]]:
+    lo = max(lo, 1e-12)
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(max(hi, lo * 1.0001)))
+    if b == a:
+        b += 1
+    return 10.0**a, 10.0**b, [10.0**k for k in range(a, b + 1)]
+
+
+def auto_format(step: float) -> Fmt:
+    digits = max(0, -math.floor(math.log10(step)) if step > 0 else 0)
+    return lambda v: f"{v:.{min(digits, 6)}f}"
+
+
+def percent(digits: int = 0) -> Fmt:
+    return lambda v: f"{100 * v:.{digits}f}%"
+
+
+def short_number(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"{v:g}"
+
+
+def _attrs(**kw) -> str:
+    return " ".join(f'{k.rstrip("_").replace("_", "-")}="{escape(str(v))}"' for k, v in kw.items() if v is not None)
+
+
+def _text(x, y, s, anchor="middle", size=FONT, cls=None, fill=None) -> str:
+    style = f"fill:{fill}" if fill else None  # a style beats the page's CSS; a fill attribute would not
+    return (f"<text {_attrs(x=f'{x:.1f}', y=f'{y:.1f}', text_anchor=anchor, font_size=size, class_=cls, style=style)}>"
+            f"{escape(s)}</text>")
+
+
+def _marker(kind: str, x: float, y: float, r: float, color: str, tip: str | None, series: str, opacity: float) -> str:
+    title = f"<title>{escape(tip)}</title>" if tip else ""
+    common = _attrs(fill=color, stroke="#ffffff", stroke_width="1", opacity=opacity, data_series=series, class_="mark")
+    if kind == "square":
+        shape = f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" {common}>'
+        return shape + title + "</rect>"
+    if kind == "diamond":
+        pts = f"{x:.1f},{y - r * 1.3:.1f} {x + r * 1.3:.1f},{y:.1f} {x:.1f},{y + r * 1.3:.1f} {x - r * 1.3:.1f},{y:.1f}"
+        return f'<polygon points="{pts}" {common}>{title}</polygon>'
+    if kind == "star":
+        pts = []
+        for i in range(10):
+            rr = r * 1.8 if i % 2 == 0 else r * 0.8
+            a = -math.pi / 2 + i * math.pi / 5
+            pts.append(f"{x + rr * math.cos(a):.1f},{y + rr * math.sin(a):.1f}")
+        return f'<polygon points="{" ".join(pts)}" {common}>{title}</polygon>'
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" {common}>{title}</circle>'
+
+
+def _figure(name: str, title: str, svg: str, legend: list[tuple[str, str, str]], caption: str | None) -> Markup:
+    items = "".join(
+        f'<li data-series="{escape(n)}"><span class="swatch {escape(kind)}" style="--c:{escape(c)}"></span>{escape(n)}</li>'
+        for n, c, kind in legend
+    )
+    legend_html = f'<ul class="legend">{items}</ul>' if items else ""
+    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return Markup(f'<figure class="chart" data-chart="{escape(name)}"><h4>{escape(title)}</h4>{svg}{legend_html}{cap}</figure>')
+
+
+def _svg(frame: _Frame, body: str, label: str) -> str:
+    return (f'<svg class="chart-svg" viewBox="0 0 {frame.width} {frame.height}" role="img" aria-label="{escape(label)}" '
+            f'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">{body}</svg>')
+
+
+def _axes(frame: _Frame, xs: _Scale, ys: _Scale, x_fmt: Fmt, y_fmt: Fmt, x_label: str, y_label: str,
+          x_ticks_labels: dict[float, str] | None = None) -> str:
+    out = []
+    x0, x1, y0, y1 = frame.left, frame.width - frame.right, frame.top + frame.plot_h, frame.top
+    for t in ys.ticks:
+        y = ys(t)
+        out.append(f'<line x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        out.append(_text(x0 - 6, y + 4, y_fmt(t), anchor="end", cls="tick"))
+    for t in xs.ticks:
+        x = xs(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y0}" y2="{y1}" class="grid grid-x"/>')
+        label = x_ticks_labels.get(t, "") if x_ticks_labels is not None else x_fmt(t)
+        out.append(_text(x, y0 + 16, label, cls="tick"))
+    out.append(f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" class="axis"/>')
+    out.append(f'<line x1="{x0}" x2="{x0}" y1="{y0}" y2="{y1}" class="axis"/>')
+    out.append(_text(frame.left + frame.plot_w / 2, frame.height - 8, x_label, cls="axis-label"))
+    cy = frame.top + frame.plot_h / 2
+    out.append(f'<text x="14" y="{cy:.1f}" transform="rotate(-90 14 {cy:.1f})" text-anchor="middle" '
+               f'font-size="{FONT}" class="axis-label">{escape(y_label)}</text>')
+    return "".join(out)
+
+
+# --- charts ----------------------------------------------------------------------------------------
+
+
+def xy_chart(
+    name: str,
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_format: Fmt | None = None,
+    y_format: Fmt | None = None,
+    x_domain: tuple[float, float] | None = None,
+    y_domain: tuple[float, float] | None = None,
+    log_y: bool = False,
+    hlines: Sequence[HLine] = (),
+    integer_x: bool = False,
+    caption: str | None = None,
+    width: int = 640,
+    height: int = 340,
+) -> Markup:
+    """Points and lines. Empty series are skipped; with no point at all the figure says so."""
+    frame = _Frame(width=width, height=height)
+    pts = [(x, y) for s in series for x, y in s.points if _finite(x) and _finite(y) and (not log_y or y > 0)]
+    if not pts:
+        return _empty(name, title, caption)
+    xs_ = [p[0] for p in pts]
+    ys_ = [p[1] for p in pts] + [h.y for h in hlines if _finite(h.y) and (not log_y or h.y > 0)]
+    if x_domain is not None:  # exactly this domain, ticks inside it
+        xlo, xhi = x_domain
+        xt = ticks_within(xlo, xhi, 8)
+    else:
+        xlo, xhi = min(xs_), max(xs_)
+        pad = (xhi - xlo) * 0.05 or 0.05
+        xlo, xhi, xt = nice_ticks(xlo - pad if xlo - pad >= 0 or xlo < 0 else 0.0, xhi + pad, 6)  # no axis below 0 for data >= 0
+    if integer_x:
+        xt = [t for t in xt if abs(t - round(t)) < 1e-9]
+    if log_y:
+        ylo, yhi, yt = log_ticks(*(y_domain or (min(ys_), max(ys_))))
+    elif y_domain is not None:
+        ylo, yhi = y_domain
+        yt = ticks_within(ylo, yhi, 5)
+    else:
+        ylo, yhi = min(ys_), max(ys_)
+        pad = (yhi - ylo) * 0.08 or 0.05
+        ylo, yhi, yt = nice_ticks(ylo - pad, yhi + pad, 5)
+    xs = _Scale(xlo, xhi, frame.left, frame.left + frame.plot_w, ticks=xt)
+    ys = _Scale(ylo, yhi, frame.top + frame.plot_h, frame.top, log=log_y, ticks=yt)
+    x_fmt = x_format or auto_format((xt[1] - xt[0]) if len(xt) > 1 else 1.0)
+    y_fmt = y_format or (short_number if log_y else auto_format((yt[1] - yt[0]) if len(yt) > 1 else 1.0))
+    body = [_axes(frame, xs, ys, x_fmt, y_fmt, x_label, y_label)]
+    for h in hlines:
+        if not _finite(h.y) or (log_y and h.y <= 0):
+            continue
+        y = ys(h.y)
+        dash = ' stroke-dasharray="6 4"' if h.dashed else ""
+        body.append(f'<g data-series="{escape(h.label)}" class="hline"><line x1="{frame.left}" x2="{frame.left + frame.plot_w}" '
+                    f'y1="{y:.1f}" y2="{y:.1f}" stroke="{h.color}" stroke-width="1.5"{dash}><title>{escape(h.label)}: '
+                    f'{escape(y_fmt(h.y))}</title></line>'
+                    + _text(frame.left + frame.plot_w - 4, y - 5, h.label, anchor="end", cls="hline-label", fill=h.color)
+                    + "</g>")
+    body.append(f'<clipPath id="clip-{escape(name)}"><rect x="{frame.left}" y="{frame.top}" width="{frame.plot_w}" '
+                f'height="{frame.plot_h}"/></clipPath>')
+    for s in series:
+        keep = [(i, x, y) for i, (x, y) in enumerate(s.points) if _finite(x) and _finite(y) and (not log_y or y > 0)]
+        if not keep:
+            continue
+        g = [f'<g data-series="{escape(s.name)}" class="series">']
+        if s.line and len(keep) > 1:
+            coords = []
+            for j, (_, x, y) in enumerate(keep):
+                if s.step and j > 0:
+                    coords.append(f"{xs(x):.1f},{ys(keep[j - 1][2]):.1f}")
+                coords.append(f"{xs(x):.1f},{ys(y):.1f}")
+            dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+            g.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{s.color}" stroke-width="{s.width}" '
+                     f'stroke-linejoin="round" opacity="{s.opacity}" clip-path="url(#clip-{escape(name)})"{dash} class="line"/>')
+        if s.marker != "none":
+            for i, x, y in keep:
+                tip = s.tips[i] if s.tips and i < len(s.tips) else f"{s.name}: ({x_fmt(x)}, {y_fmt(y)})"
+                g.append(_marker(s.marker, xs(x), ys(y), s.size, s.color, tip, s.name, s.opacity))
+        g.append("</g>")
+        body.append("".join(g))
+    legend = [(s.name, s.color, s.marker if s.marker != "none" else "line") for s in series if s.legend and s.points]
+    legend += [(h.label, h.color, "line") for h in hlines if _finite(h.y)]
+    return _figure(name, title, _svg(frame, "".join(body), title), legend, caption)
+
+
+def bar_chart(
+    name: str,
+    groups: Sequence[str],
+    bars: Sequence[Bar],
+    *,
+    title: str,
+    y_label: str,
+    x_label: str = "",
+    y_format: Fmt | None = None,
+    baseline: float | None = None,
+    baseline_label: str = "",
+    mark_label: str = "ideal",
+    caption: str | None = None,
+    width: int = 640,
+    height: int = 320,
+) -> Markup:
+    """Grouped bars: one cluster per group, one bar per `Bar` in it; `marks` as short black ticks."""
+    frame = _Frame(width=width, height=height)
+    values = [v for b in bars for v in b.values if _finite(v)]
+    values += [m for b in bars for m in (b.marks or []) if _finite(m)]
+    if not values or not groups:
+        return _empty(name, title, caption)
+    lo = min(values + [0.0] + ([baseline] if baseline is not None else []))
+    hi = max(values + ([baseline] if baseline is not None else []))
+    lo, hi, yt = nice_ticks(lo, hi + (hi - lo) * 0.05, 5)
+    ys = _Scale(lo, hi, frame.top + frame.plot_h, frame.top, ticks=yt)
+    y_fmt = y_format or auto_format((yt[1] - yt[0]) if len(yt) > 1 else 1.0)
+    xs = _Scale(0, len(groups), frame.left, frame.left + frame.plot_w, ticks=[])
+    body = [_axes(frame, xs, ys, str, y_fmt, x_label, y_label)]
+    slot = frame.plot_w / len(groups)
+    bw = slot * 0.8 / max(1, len(bars))
+    for gi, group in enumerate(groups):
+        body.append(_text(frame.left + slot * (gi + 0.5), frame.top + frame.plot_h + 16, group, cls="tick"))
+    zero = ys(max(lo, 0.0) if lo <= 0 <= hi else lo)
+    for bi, b in enumerate(bars):
+        g = [f'<g data-series="{escape(b.name)}" class="series">']
+        for gi, v in enumerate(b.values):
+            if not _finite(v):
+                continue
+            x = frame.left + slot * gi + slot * 0.1 + bw * bi
+            y = ys(v)
+            tip = b.tips[gi] if b.tips and gi < len(b.tips) else f"{b.name}, {groups[gi]}: {y_fmt(v)}"
+            g.append(f'<rect x="{x:.1f}" y="{min(y, zero):.1f}" width="{max(bw - 2, 1):.1f}" height="{abs(zero - y):.1f}" '
+                     f'fill="{b.color}" class="mark" data-series="{escape(b.name)}"><title>{escape(tip)}</title></rect>')
+            m = b.marks[gi] if b.marks and gi < len(b.marks) else None
+            if _finite(m):
+                g.append(f'<line x1="{x - 1:.1f}" x2="{x + bw - 1:.1f}" y1="{ys(m):.1f}" y2="{ys(m):.1f}" stroke="#111" '
+                         f'stroke-width="2.5" class="bar-mark"><title>{escape(f"{b.name}, {groups[gi]}: {mark_label} {y_fmt(m)}")}'
+                         f"</title></line>")
+        g.append("</g>")
+        body.append("".join(g))
+    if baseline is not None:
+        y = ys(baseline)
+        body.append(f'<line x1="{frame.left}" x2="{frame.left + frame.plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#555" '
+                    f'stroke-dasharray="6 4" stroke-width="1.5"><title>{escape(baseline_label)}</title></line>')
+    legend = [(b.name, b.color, "square") for b in bars]
+    if any(b.marks for b in bars):
+        legend.append((mark_label, "#111111", "tick"))
+    return _figure(name, title, _svg(frame, "".join(body), title), legend, caption)
+
+
+def heatmap(
+    name: str,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    values: Sequence[Sequence[float | None]],
+    *,
+    title: str,
+    x_label: str,
+    value_format: Fmt = lambda v: f"{v:.3g}",
+    log: bool = False,
+    caption: str | None = None,
+    tips: Sequence[Sequence[str]] | None = None,
+    width: int = 640,
+) -> Markup:
+    """A grid of coloured cells (viridis; log-scaled if `log`), values written in the cells when they fit."""
+    finite = [v for row in values for v in row if _finite(v) and (not log or v > 0)]
+    if not finite or not rows or not cols:
+        return _empty(name, title, caption)
+    label_w = min(200, 14 + 7 * max(len(r) for r in rows))
+    cell_h = 26
+    frame = _Frame(width=width, height=cell_h * len(rows) + 88, left=label_w, right=16, top=10, bottom=78)
+    cw = frame.plot_w / len(cols)
+    lo, hi = min(finite), max(finite)
+    if log:
+        lo, hi = math.log10(lo), math.log10(hi)
+
+    def norm(v):
+        if log and v <= 0:
+            return 0.0  # zero on a log scale: drawn at the bottom of the scale, labelled with its value
+        t = math.log10(v) if log else v
+        return 0.5 if hi == lo else (t - lo) / (hi - lo)
+
+    show_values = cw >= 34
+    body = []
+    for ri, row in enumerate(rows):
+        y = frame.top + ri * cell_h
+        body.append(_text(frame.left - 6, y + cell_h / 2 + 4, row, anchor="end", cls="tick"))
+        for ci, v in enumerate(values[ri]):
+            x = frame.left + ci * cw
+            if not _finite(v):
+                body.append(f'<rect x="{x:.1f}" y="{y}" width="{cw - 1:.1f}" height="{cell_h - 1}" fill="#eeeeee" class="cell">'
+                            f"<title>{escape(row)}, {escape(cols[ci])}: no value</title></rect>")
+                continue
+            t = norm(v)
+            tip = tips[ri][ci] if tips else f"{row}, {x_label} {cols[ci]}: {value_format(v)}"
+            body.append(f'<rect x="{x:.1f}" y="{y}" width="{cw - 1:.1f}" height="{cell_h - 1}" fill="{colormap(t)}" '
+                        f'class="cell mark"><title>{escape(tip)}</title></rect>')
+            if show_values:
+                body.append(_text(x + cw / 2, y + cell_h / 2 + 4, value_format(v), size=10,
+                                  fill="#111" if t > 0.55 else "#fff", cls="cell-value"))
+    y_axis = frame.top + len(rows) * cell_h
+    step = max(1, math.ceil(len(cols) / 32))
+    for ci, col in enumerate(cols):
+        if ci % step == 0:
+            body.append(_text(frame.left + (ci + 0.5) * cw, y_axis + 14, col, cls="tick"))
+    body.append(_text(frame.left + frame.plot_w / 2, y_axis + 30, x_label, cls="axis-label"))
+    # colour scale
+    gid = f"grad-{escape(name)}"
+    stops = "".join(f'<stop offset="{i / (len(_VIRIDIS) - 1):.3f}" stop-color="{c}"/>' for i, c in enumerate(_VIRIDIS))
+    sx, sw, sy = frame.left, min(260, frame.plot_w), y_axis + 42
+    body.append(f'<defs><linearGradient id="{gid}">{stops}</linearGradient></defs>')
+    body.append(f'<rect x="{sx}" y="{sy}" width="{sw}" height="10" fill="url(#{gid})" class="scale"/>')
+    raw_lo, raw_hi = (10**lo, 10**hi) if log else (lo, hi)
+    body.append(_text(sx, sy + 24, value_format(raw_lo), anchor="start", cls="tick"))
+    body.append(_text(sx + sw, sy + 24, value_format(raw_hi), anchor="end", cls="tick"))
+    if log:
+        body.append(_text(sx + sw + 8, sy + 9, "(log scale)", anchor="start", cls="tick"))
+    return _figure(name, title, _svg(frame, "".join(body), title), [], caption)
+
+
+def colormap(t: float) -> str:
+    """viridis at t in [0, 1], linearly interpolated between 9 stops."""
+    t = min(1.0, max(0.0, t)) * (len(_VIRIDIS) - 1)
+    i = min(int(t), len(_VIRIDIS) - 2)
+    f = t - i
+    a, b = _VIRIDIS[i], _VIRIDIS[i + 1]
+    rgb = [round(int(a[k : k + 2], 16) * (1 - f) + int(b[k : k + 2], 16) * f) for k in (1, 3, 5)]
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _empty(name: str, title: str, caption: str | None) -> Markup:
+    return Markup(f'<figure class="chart chart-empty" data-chart="{escape(name)}"><h4>{escape(title)}</h4>'
+                  f'<p class="empty">No data for this chart in this run.</p>'
+                  + (f"<figcaption>{escape(caption)}</figcaption>" if caption else "") + "</figure>")

@@ -1,0 +1,263 @@
+"""The search space, and the projection that puts every sampled policy on the FLOPs budget.
+
+A trial samples, for every searchable block `l`, a removal weight `w_l` in [0, 1] (parameter
+``w_<l>``), plus the global `prune_share` (``prune_share``; per block ``q_<l>`` when
+`per_layer_prune_share`), the importance metric and source as one choice (``importance``, e.g.
+``"clip/ssm_output"``), and the residual / hidden strategies. The weights only say *where* to
+remove tokens, relative to each other; `project` says *how much*.
+
+Feasibility by construction (recorded in the study as `FEASIBILITY`): the weights are mapped to
+keep ratios along a path `keeps(s)`, s in [0, 2], on which every keep ratio is non-increasing:
+
+    s in [0, 1]: keep_l = max(0.5, 1 - s * K * w_l) for w_l > 0   (K = 0.5 / min positive w, so
+                 every weighted block reaches 0.5 at s = 1), keep_l = 1 for w_l = 0;
+    s in [1, 2]: the weighted blocks stay at 0.5, the others follow 1 - (s - 1) * 0.5.
+
+Each keep is rounded to the grid (multiples of `keep_grid`), which keeps it monotone in s. The
+nominal FLOPs reduction (`utrc.flops.estimate_flops`, SPEC §5) mostly grows along the path (not
+strictly: switching a block on adds its matching cost before it removes enough tokens to pay for
+it), so a bisection keeps reduction(lo) < target <= reduction(hi) and returns the policy at hi:
+its reduction is >= the target, never below. Blocks with equal weights get equal keeps (that is
+how the paper's one-keep schedule is a point of the space), so they cross a grid point together;
+the overshoot above the target is at most one grid step of the blocks that move together (about
+0.0007 for the paper's 7 layers of a 64-layer model at grid 0.001, more for a uniform schedule
+over dozens of blocks; recorded per trial as `overshoot`). At s = 2 every searchable block keeps 0.5, which removes
+floor(P/2) tokens, the most any keep ratio can; a target above that point is unreachable by any
+policy of the space, and `check_reachable` refuses it before a trial runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping
+
+from utrc import LayerSpec, ModelShape, ModelSpec, Policy, estimate_flops
+from utrc.policy import IMPORTANCE_METRICS, IMPORTANCE_SOURCES, STRATEGIES, paper_layers
+
+FEASIBILITY = (
+    "by construction: sampled per-block removal weights are mapped onto keep ratios along a monotone path and the "
+    "path is bisected until utrc.flops.estimate_flops(...)['reduction'] >= budget (never below; grid-rounded keeps)"
+)
+
+MIN_KEEP = 0.5  # every keep <= 0.5 removes floor(P/2), the most a layer can remove
+
+
+class SpaceError(ValueError):
+    """The search space or the budget is invalid for the model (raised before any trial runs)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A nominal FLOPs reduction target, costed at `seq_len` tokens with `protect_last` protected."""
+
+    reduction: float
+    seq_len: int = 2048
+    protect_last: int = 1
+
+    def __post_init__(self):
+        if not 0.0 < self.reduction < 1.0:
+            raise SpaceError(f"budget: expected a FLOPs reduction in (0, 1) (e.g. 0.3 for 30 %), got {self.reduction!r}")
+        if self.seq_len < 2 or not 0 <= self.protect_last < self.seq_len:
+            raise SpaceError(f"budget: need seq_len >= 2 and 0 <= protect_last < seq_len, got {self.seq_len}, {self.protect_last}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a trial may choose. `importance` lists "metric/source" pairs."""
+
+    layers: tuple[int, ...]
+    importance: tuple[str, ...] = ("clip/ssm_output",)
+    prune_share: tuple[float, float] = (0.0, 1.0)
+    prune_share_step: float = 0.05
+    per_layer_prune_share: bool = False
+    residual_strategies: tuple[str, ...] = STRATEGIES
+    hidden_strategies: tuple[str, ...] = ("hybrid",)
+    keep_grid: float | None = 0.001
+    weight_step: float | None = None  # None: continuous weights
+    max_target: float | None = None  # multi-objective mode: targets sampled in [budget, max_target]
+    notes: tuple[str, ...] = field(default=(), compare=False)  # how the space was derived (calibration)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    def validate(self, shape: ModelShape) -> None:
+        """Raise SpaceError naming the bad field unless the space fits a model of `shape`."""
+        if not self.layers:
+            raise SpaceError("searchable layers: empty; give at least one block index")
+        bad = [l for l in self.layers if not 0 <= l < shape.n_layer]
+        if bad:
+            raise SpaceError(
+                f"searchable layers {bad} are outside the model: it has {shape.n_layer} blocks (0..{shape.n_layer - 1})"
+            )
+        if len(set(self.layers)) != len(self.layers) or list(self.layers) != sorted(self.layers):
+            raise SpaceError(f"searchable layers must be sorted and distinct, got {list(self.layers)}")
+        if not self.importance:
+            raise SpaceError("importance: no metric/source pair left to search")
+        for pair in self.importance:
+            metric, _, source = pair.partition("/")
+            if metric not in IMPORTANCE_METRICS or source not in IMPORTANCE_SOURCES:
+                raise SpaceError(
+                    f"importance: {pair!r} is not METRIC/SOURCE with METRIC in {list(IMPORTANCE_METRICS)} and "
+                    f"SOURCE in {list(IMPORTANCE_SOURCES)}"
+                )
+            if source == "scan_output" and shape.architecture != "mamba2":
+                raise SpaceError(f"importance: {pair!r}: scan_output exists only for Mamba-2 models")
+        lo, hi = self.prune_share
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise SpaceError(f"prune_share range: expected 0 <= low <= high <= 1, got {self.prune_share}")
+        for name, values in (("residual strategies", self.residual_strategies), ("hidden strategies", self.hidden_strategies)):
+            if not values or any(v not in STRATEGIES for v in values):
+                raise SpaceError(f"{name}: expected a non-empty subset of {list(STRATEGIES)}, got {list(values)}")
+        if self.keep_grid is not None and not 0.0 < self.keep_grid <= 0.1:
+            raise SpaceError(f"keep grid: expected a step in (0, 0.1] or None, got {self.keep_grid}")
+
+
+def default_layers(n_layer: int, first: int | None = None, include_last: bool = False) -> tuple[int, ...]:
+    """Every block from `first` on (default: the first block of the paper's schedule).
+
+    The last block is left out unless `include_last`: reducing after it only drops rows before the
+    lm_head, which no scored (protected) position reads, so the nominal FLOPs model would count it
+    as a free saving and the search would spend its budget there instead of on the method.
+    """
+    first = min(paper_layers(n_layer)) if first is None else first
+    last = n_layer if include_last else n_layer - 1
+    return tuple(range(first, last))
+
+
+def parse_layers(text: str, n_layer: int) -> tuple[int, ...]:
+    """"4-10,12" -> (4, ..., 10, 12); "4-" means 4 to the last block but one. Checked against n_layer."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.update(range(int(a), (int(b) if b else n_layer - 2) + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise SpaceError(f"searchable layers: cannot read {part!r} (expected e.g. '4-10,12' or '4-')") from None
+    bad = sorted(l for l in out if not 0 <= l < n_layer)
+    if bad:
+        raise SpaceError(f"searchable layers {bad} are outside the model: it has {n_layer} blocks (0..{n_layer - 1})")
+    return tuple(sorted(out))
+
+
+# --- projection onto the budget ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Projected:
+    policy: Policy
+    reduction: float  # nominal FLOPs reduction (>= the target)
+    token_fraction_proxy: float
+    target: float
+
+
+def keeps_along(weights: Mapping[int, float], s: float, grid: float | None) -> dict[int, float]:
+    """Keep ratio of each block at point s in [0, 2] of the path (see the module docstring)."""
+    positive = {l: w for l, w in weights.items() if w > 0}
+    if not positive:
+        positive = {l: 1.0 for l in weights}  # no preference: every block alike
+    K = MIN_KEEP / min(positive.values())
+    keeps = {}
+    for l in weights:
+        if l in positive:
+            raw = max(MIN_KEEP, 1.0 - min(s, 1.0) * K * positive[l])
+        else:
+            raw = 1.0 - max(0.0, s - 1.0) * (1.0 - MIN_KEEP)
+        keeps[l] = _on_grid(raw, grid)
+    return keeps
+
+
+def project(
+    shape: ModelShape,
+    base: Policy,
+    weights: Mapping[int, float],
+    budget: Budget,
+    grid: float | None = 0.001,
+    prune_shares: Mapping[int, float] | None = None,
+    target: float | None = None,
+) -> Projected:
+    """The first policy along the weights' path whose nominal reduction reaches the target.
+
+    `base` gives everything but the layers (method, importance, strategies, prune_share); the
+    target is `budget.reduction` unless given (multi-objective mode samples it). Raises
+    SpaceError if no point of the path reaches it.
+    """
+    target = budget.reduction if target is None else target
+    if not weights:
+        raise SpaceError("no searchable layers to place the reduction on")
+
+    def evaluate(keeps: Mapping[int, float]) -> tuple[Policy, dict]:
+        layers = {
+            l: LayerSpec(k, None if prune_shares is None else prune_shares.get(l)) for l, k in keeps.items() if k < 1.0
+        }
+        policy = replace(base, layers=layers)
+        return policy, estimate_flops(shape, policy, budget.seq_len, budget.protect_last)
+
+    policy, est = evaluate(keeps_along(weights, 2.0, grid))
+    if est["reduction"] < target:
+        raise SpaceError(
+            f"budget {target:.4f} unreachable: keeping 0.5 at every searchable block {sorted(weights)} gives "
+            f"{est['reduction']:.4f} at seq_len {budget.seq_len} ({base.method}, {base.importance_source})"
+        )
+    lo, hi = 0.0, 2.0  # invariant: reduction(lo) < target <= reduction(hi)
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        if evaluate(keeps_along(weights, mid, grid))[1]["reduction"] >= target:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-12:
+            break
+    policy, est = evaluate(keeps_along(weights, hi, grid))
+    return Projected(policy, est["reduction"], est["token_fraction_proxy"], target)
+
+
+def max_reduction(shape: ModelShape, base: Policy, layers, budget: Budget) -> float:
+    """The largest nominal reduction any policy over `layers` reaches (every block at keep 0.5)."""
+    policy = replace(base, layers={l: LayerSpec(MIN_KEEP) for l in layers})
+    return estimate_flops(shape, policy, budget.seq_len, budget.protect_last)["reduction"]
+
+
+def check_reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
+    """Raise SpaceError unless the budget (and `max_target`) is reachable with every importance
+    source of the space; -> {source: largest reachable reduction}."""
+    reach = {}
+    for pair in space.importance:
+        source = pair.partition("/")[2]
+        if source in reach:
+            continue
+        base = Policy(method="utrc", model=spec, importance_source=source)
+        reach[source] = max_reduction(shape, base, space.layers, budget)
+    want = max(budget.reduction, space.max_target or 0.0)
+    short = {s: r for s, r in reach.items() if r < want}
+    if short:
+        worst = ", ".join(f"{s}: {r:.4f}" for s, r in short.items())
+        raise SpaceError(
+            f"budget {want:.4f} unreachable: no policy of the space reaches it (keep 0.5 at every searchable block "
+            f"{list(space.layers)} gives at most {worst} at seq_len {budget.seq_len}); lower the budget or "
+            "search more layers"
+        )
+    return reach
+
+
+def paper_weights(space: SearchSpace, n_layer: int) -> dict[int, float] | None:
+    """Weights that make the path produce the paper's schedule (one keep at its layers), or None
+    if a paper layer is not searchable."""
+    layers = set(paper_layers(n_layer))
+    if not layers <= set(space.layers):
+        return None
+    return {l: (1.0 if l in layers else 0.0) for l in space.layers}
+
+
+def _on_grid(keep: float, grid: float | None) -> float:
+    if grid is None:
+        return min(1.0, max(MIN_KEEP, keep))
+    steps = math.floor(keep / grid + 0.5)
+    return min(1.0, max(MIN_KEEP, round(steps * grid, 10)))

@@ -1,0 +1,31 @@
+# One self-contained HTML page per model (python -m reports.render page) and an index of them.
+# The page reads only the files listed in its manifest (written beside the results), never a glob,
+# so results of budgets no longer configured do not leak into it.
+
+
+rule report:
+    input:
+        lambda wc: flat_files(model_outputs(wc.model)),
+    output:
+        page=REPORTS + "/{model,(?!index\\.html$)[A-Za-z0-9][A-Za-z0-9._-]*}.html",  # index.html is the index's
+        manifest=R + "/{model}/report-manifest.json",
+    log:
+        R + "/{model}/logs/report.log",
+    params:
+        model=lambda wc: MODELS[wc.model],
+        files=lambda wc: model_outputs(wc.model),
+        config=config,
+    script:
+        "../scripts/report.py"
+
+
+rule report_index:
+    input:
+        manifests=[f"{R}/{m}/report-manifest.json" for m in MODELS],
+        pages=[report_page(m) for m in MODELS],
+    output:
+        REPORTS + "/index.html",
+    log:
+        R + "/logs/report-index.log",
+    script:
+        "../scripts/report_index.py"
