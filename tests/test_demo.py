@@ -181,18 +181,21 @@ def test_concurrent_first_use_writes_one_directory(cache):
 
 
 @pytest.mark.parametrize("name", ["mamba2", "mamba"])
-def test_shipped_demo_model(name):
+def test_shipped_demo_model_loads(name):
+    import utrc
+
+    directory = MODELS / name
+    assert (directory / "model.safetensors").stat().st_size <= 10 * 2**20
+    assert (directory / "train.log").is_file()
+    model, tok = utrc.load_model(f"demo:{name}")
+    assert model.config.model_type == name and model.config.num_hidden_layers == 8
+    assert tok.get_vocab() == vocabulary()
+
+
+def test_demo_mamba2_reads_the_document():
     import utrc
     from utrc.demo.score import score_task
 
-    directory = MODELS / name
-    if not (directory / "model.safetensors").is_file():
-        pytest.skip(f"demo model {name} not trained yet")
-    assert (directory / "model.safetensors").stat().st_size <= 10 * 2**20
-    model, tok = utrc.load_model(f"demo:{name}")
-    assert model.config.model_type == name and model.config.num_hidden_layers >= 8
-    assert tok.get_vocab() == vocabulary()
-    rows = tasks.generate_items("demo_arc_easy", "dev", 16)
-    with torch.no_grad():
-        acc = score_task(model, tok, "demo_arc_easy", rows)["acc"]
-    assert acc >= 0.6  # chance is 0.25: the model reads the document
+    model, tok = utrc.load_model("demo:mamba2")
+    rows = tasks.generate_items("demo_piqa", "dev", 20)
+    assert score_task(model, tok, "demo_piqa", rows)["acc"] >= 0.7  # chance is 0.5

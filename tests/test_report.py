@@ -272,3 +272,12 @@ def test_the_browser_check_catches_a_script_error(tmp_path):
     broken.write_text("<html><body><script>undefined_function();</script></body></html>")
     _, console = open_in_chromium(broken)
     assert any("undefined_function is not defined" in line for line in console)
+
+
+def test_reports_need_no_torch(tmp_path):
+    manifest = write_run(tmp_path)
+    code = ("import sys; from reports import render; "
+            f"render.render_page({str(manifest)!r}, {str(tmp_path / 'p.html')!r}, root={str(tmp_path)!r}); "
+            "assert 'torch' not in sys.modules, 'reports imported torch'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -126,3 +126,6 @@ def test_tiny_run_end_to_end(tmp_path, tiny_model):
     jobs = planned_jobs(snakemake(tmp_path, "-n", *args, "budgets=[0.1]"))
     assert jobs == {"search_worker": 1, "export": 1, "evaluate": 1, "profile": 1, "report": 1, "report_index": 1,
                     "all": 1}
+    # another evaluation method runs that evaluation only
+    jobs = planned_jobs(snakemake(tmp_path, "-n", *args, 'evaluation={"methods": ["dense", "utrc-searched", "evit"]}'))
+    assert jobs == {"evaluate": 1, "report": 1, "report_index": 1, "all": 1}

@@ -5,6 +5,7 @@
     out = reduced(input_ids, protect_last=1)      # out.logits, out.positions
 """
 
+from . import demo  # utrc.demo.task_manager(), utrc.demo.calibration_texts(): light, no lm-eval import
 from .flops import estimate_flops
 from .loading import load_model
 from .policy import LayerSpec, ModelSpec, Policy, PolicyError

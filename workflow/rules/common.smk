@@ -21,7 +21,7 @@ def _validate_config(cfg):
     with open(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)) / SCHEMA) as f:
         schema = yaml.safe_load(f)
     _coerce(cfg, schema)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = []
         for e in errors:
@@ -126,6 +126,13 @@ EVAL_METHODS = config["evaluation"]["methods"]
 POLICY_METHODS = ("utrc-searched", "utrc-paper", "evit", "tome")  # the deployable files of each budget
 EXPORT_NAMES = {"utrc-searched": "searched", "utrc-paper": "paper", "evit": "evit", "tome": "tome"}  # search.export's
 PROFILE = config["profile"]
+
+
+def job_settings(section, *keys):
+    """The keys of a config section that a job's command uses. Only these are the job's params, so
+    changing anything else (e.g. adding an evaluation method) does not rerun the existing jobs."""
+    return {k: config[section][k] for k in keys}
+
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",

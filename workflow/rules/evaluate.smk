@@ -5,7 +5,7 @@
 _EVAL_PARAMS = dict(
     ref=lambda wc: MODELS[wc.model]["ref"],
     tasks=config["tasks"],
-    settings=config["evaluation"],
+    settings=job_settings("evaluation", "batch_size", "limit", "max_length"),
     device=DEVICE,
     dtype=config["dtype"],
 )

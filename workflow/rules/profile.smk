@@ -11,7 +11,8 @@ rule profile:
         R + "/{model}/logs/profile-flops{budget}.log",
     params:
         ref=lambda wc: MODELS[wc.model]["ref"],
-        settings=PROFILE,
+        settings=job_settings("profile", "seq_len", "memory_batch", "prefill_batch", "generate_batch", "new_tokens",
+                          "repeats", "measure"),
         device=DEVICE,
         dtype=config["dtype"],
     threads: THREADS

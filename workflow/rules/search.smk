@@ -18,7 +18,8 @@ _SEARCH_PARAMS = dict(
     reduction=budget_of,
     study=study_name,
     store=study_storage,
-    settings=config["search"],
+    settings=job_settings("search", "seed", "text", "dev_unit", "dev_sequences", "dev_length", "score_last", "batch_size",
+                      "layers", "seq_len", "quality", "extra_args"),
     device=DEVICE,
     dtype=config["dtype"],
 )

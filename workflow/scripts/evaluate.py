@@ -10,7 +10,7 @@ command = module_command(
     "utrc.evaluation",
     *options(
         model=sm.params.ref, policy=sm.params.policy, tasks=tasks, out=sm.output[0], batch_size=e["batch_size"],
-        device=sm.params.device, dtype=sm.params.dtype, max_length=e["max_length"], limit=e["limit"],
+        device=sm.params.device, dtype=sm.params.dtype, max_length=e["max_length"], limit=e["limit"], threads=sm.threads,
     ),
 )
 what = "dense" if sm.params.policy == "dense" else f"{sm.wildcards.method} flops{sm.wildcards.budget}"
