@@ -32,6 +32,7 @@ import torch
 import transformers
 
 from . import __version__
+from .demo import REPORTED_METRIC
 from .flops import estimate_flops
 from .policy import Policy
 from .shapes import ModelShape
@@ -50,12 +51,7 @@ PAPER_METRICS = {
     "arc_easy": "acc",
     "arc_challenge": "acc_norm",
     "winogrande": "acc",
-    "demo_lambada": "acc",
-    "demo_hellaswag": "acc_norm",
-    "demo_piqa": "acc",
-    "demo_arc_easy": "acc",
-    "demo_arc_challenge": "acc_norm",
-    "demo_winogrande": "acc",
+    **REPORTED_METRIC,  # the demo tasks, each with its benchmark's metric
 }
 # Reported beside the accuracy, not averaged.
 PAPER_EXTRA_METRICS = {"lambada_openai": ("perplexity",), "demo_lambada": ("perplexity",)}
