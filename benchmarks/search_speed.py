@@ -53,17 +53,21 @@ def main() -> None:
         "trials_per_minute": done / elapsed * 60,
         "seconds_total": elapsed,
         "objective_seconds_median": sorted(seconds)[len(seconds) // 2],
+        "objective_seconds_mean": sum(seconds) / len(seconds),
+        "objective_seconds_p90": sorted(seconds)[int(0.9 * (len(seconds) - 1))],
         "setup_seconds": prep.setup_seconds,
         "args": rest,
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "load_average_1min_after": os.getloadavg()[0],  # the machine is shared: other jobs show here
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
     print(f"{done} trials in {elapsed:.1f} s: {result['trials_per_minute']:.1f} trials/min "
-          f"(objective median {result['objective_seconds_median'] * 1000:.0f} ms/trial; setup {prep.setup_seconds:.1f} s; "
-          f"{result['torch_threads']} torch threads, {result['cores']} cores)")
+          f"(objective median {result['objective_seconds_median'] * 1000:.0f} ms, mean "
+          f"{result['objective_seconds_mean'] * 1000:.0f} ms per trial; setup {prep.setup_seconds:.1f} s; "
+          f"{result['torch_threads']} torch threads, {result['cores']} cores, load average {os.getloadavg()[0]:.1f})")
     if own.json:
         Path(own.json).write_text(json.dumps(result, indent=2) + "\n")
 
