@@ -72,11 +72,13 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "workdir": str(work),
     }
+    shutil.rmtree(caches, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)  # keep it with --keep DIR
+        result["workdir"] = None
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if not args.keep:
-        shutil.rmtree(caches, ignore_errors=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], file=sys.stderr)
         raise SystemExit(proc.returncode)
