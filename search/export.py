@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from utrc import ModelShape, ModelSpec, Policy, estimate_flops
 from utrc.policy import paper_layers
 
 from . import provenance
-from .space import Budget, project
+from .space import Budget, SpaceError, project
 from .study import StudyError, budget_tag, load_study
 
 BASELINES = ("paper", "evit", "tome", "dense")
@@ -75,7 +76,8 @@ def export(storage: str, study_name: str, out: str | Path) -> dict[str, Path]:
     paths["searched"] = searched.save(out / "policies" / f"searched-{tag}.json")
 
     paper_trial = next((t for t in complete if t.user_attrs.get("origin") == "paper"), None)
-    for method, policy in baselines(shape, spec, budget, settings["space"].get("keep_grid")).items():
+    skipped: dict[str, str] = {}
+    for method, policy in baselines(shape, spec, budget, settings["space"].get("keep_grid"), skipped).items():
         meta = dict(common, method=f"baseline: {method}")
         measured = None
         if method == "paper" and paper_trial is not None:
@@ -83,6 +85,8 @@ def export(storage: str, study_name: str, out: str | Path) -> dict[str, Path]:
             measured = _trial_measured(paper_trial, attrs)
         paths[method] = _with_meta(policy, shape, budget, meta, measured).save(out / "policies" / f"{method}-{tag}.json")
 
+    for method, reason in skipped.items():
+        print(f"warning: no {method} baseline at budget {budget.reduction}: {reason}", file=sys.stderr)
     table = trials_table(study)
     paths["trials"] = out / f"trials-{tag}.csv"
     paths["pareto"] = out / f"pareto-{tag}.csv"
@@ -111,13 +115,21 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return front
 
 
-def baselines(shape: ModelShape, spec: ModelSpec, budget: Budget, grid: float | None) -> dict[str, Policy]:
-    """paper / evit / tome at the paper's layers and dense, each projected onto `budget`."""
+def baselines(shape: ModelShape, spec: ModelSpec, budget: Budget, grid: float | None,
+              skipped: dict[str, str] | None = None) -> dict[str, Policy]:
+    """paper / evit / tome at the paper's layers and dense, each projected onto `budget`. A
+    method that cannot reach the budget at the paper's layers is left out (its reason goes into
+    `skipped`), never written below the budget."""
     weights = {l: 1.0 for l in paper_layers(shape.n_layer)}
     out = {}
     for method in ("paper", "evit", "tome"):
         base = Policy(method="utrc" if method == "paper" else method, model=spec)
-        out[method] = project(shape, base, weights, budget, grid).policy
+        try:
+            out[method] = project(shape, base, weights, budget, grid).policy
+        except SpaceError as err:
+            if skipped is None:
+                raise
+            skipped[method] = str(err)
     out["dense"] = Policy.dense(spec)
     return out
 

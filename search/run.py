@@ -27,7 +27,7 @@ from . import provenance
 from .calibrate import CalibrationError, load_summary, sources_of
 from .data import DataError, document_rows, load_documents, token_stream, windows
 from .objective import DenseReference
-from .space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, parse_layers
+from .space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget, parse_layers
 from .study import Objective, StudyConfig, StudyError, create_or_resume, default_study_name, run, space_from_calibration, validate
 
 
@@ -115,6 +115,8 @@ class Prepared:
 def _main(args) -> None:
     say = (lambda *_: None) if args.quiet else (lambda msg: print(msg, flush=True))
     prep = prepare(args)
+    for note in prep.objective.config.space.notes:
+        say(f"note: {note}")
     say(f"study {prep.name} ({args.storage}): {len(prep.study.trials)} trials so far; searching {len(prep.layers)} "
         f"blocks {prep.layers[0]}..{prep.layers[-1]}, budget {args.budget:.3f}; setup {prep.setup_seconds:.1f} s")
     done = run(prep.study, prep.objective, args.n_trials, progress=say)
@@ -152,7 +154,7 @@ def prepare(args) -> Prepared:
         per_layer_prune_share=args.per_layer_prune_share, residual_strategies=args.residual_strategies,
         hidden_strategies=args.hidden_strategies, keep_grid=args.keep_grid or None, max_target=args.max_budget,
     )
-    space = space_from_calibration(space, calibration)
+    space = fit_to_budget(shape, spec, space_from_calibration(space, calibration), budget)
     config = StudyConfig(budget=budget, space=space, n_trials=args.n_trials, seed=args.seed,
                          multi_objective=args.multi_objective, quality=args.quality,
                          dev_error_weight=args.dev_error_weight, stale_after=args.stale_after)
@@ -167,6 +169,8 @@ def prepare(args) -> Prepared:
     dev = {"text": args.text, "seed": args.text_seed, "part": "tail", "unit": args.dev_unit,
            "n_sequences": args.dev_sequences, "seq_len": args.dev_length, "score_last": args.score_last,
            "hash": provenance.tensor_hash(dev_ids)}
+    if accuracy is not None:
+        dev.update(accuracy_tasks=accuracy.tasks, accuracy_limit=args.dev_limit, accuracy_split="dev")
     if calibration and calibration["model"]["name"] not in ("", args.model):
         print(f"warning: calibration {args.calibration} was made for {calibration['model']['name']}, not {args.model}",
               file=sys.stderr)

@@ -225,24 +225,56 @@ def max_reduction(shape: ModelShape, base: Policy, layers, budget: Budget) -> fl
     return estimate_flops(shape, policy, budget.seq_len, budget.protect_last)["reduction"]
 
 
-def check_reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
-    """Raise SpaceError unless the budget (and `max_target`) is reachable with every importance
-    source of the space; -> {source: largest reachable reduction}."""
+def reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
+    """{importance source of the space: the largest nominal reduction a policy with it reaches}.
+    The source matters: its width sets the cost of matching (SPEC §5)."""
     reach = {}
     for pair in space.importance:
         source = pair.partition("/")[2]
-        if source in reach:
-            continue
-        base = Policy(method="utrc", model=spec, importance_source=source)
-        reach[source] = max_reduction(shape, base, space.layers, budget)
-    want = max(budget.reduction, space.max_target or 0.0)
+        if source not in reach:
+            reach[source] = max_reduction(shape, Policy(method="utrc", model=spec, importance_source=source),
+                                          space.layers, budget)
+    return reach
+
+
+def _target(space: SearchSpace, budget: Budget) -> float:
+    return max(budget.reduction, space.max_target or 0.0)
+
+
+def fit_to_budget(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> SearchSpace:
+    """The space without the importance pairs whose source cannot reach the budget (noted in
+    `notes`); SpaceError if no pair can."""
+    reach = reachable(shape, spec, space, budget)
+    want = _target(space, budget)
+    short = sorted(s for s, r in reach.items() if r < want)
+    if not short:
+        return space
+    if len(short) == len(reach):
+        check_reachable(shape, spec, space, budget)  # raises, naming the largest reachable reductions
+    kept = tuple(p for p in space.importance if p.partition("/")[2] not in short)
+    note = (f"budget {want:.4f}: dropped importance sources {short} (most they reach: "
+            + ", ".join(f"{s} {reach[s]:.4f}" for s in short) + ")")
+    return replace(space, importance=kept, notes=space.notes + (note,))
+
+
+def check_reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
+    """Raise SpaceError unless every importance source of the space reaches the budget (and
+    `max_target`), so that every trial can be projected onto it; -> `reachable(...)`."""
+    reach = reachable(shape, spec, space, budget)
+    want = _target(space, budget)
     short = {s: r for s, r in reach.items() if r < want}
+    if len(short) == len(reach):
+        best = ", ".join(f"{s}: {r:.4f}" for s, r in reach.items())
+        raise SpaceError(
+            f"budget {want:.4f} unreachable: no policy of the space reaches it (keep 0.5 at every searchable block "
+            f"{list(space.layers)} gives at most {best} at seq_len {budget.seq_len}); lower the budget or "
+            "search more layers"
+        )
     if short:
         worst = ", ".join(f"{s}: {r:.4f}" for s, r in short.items())
         raise SpaceError(
-            f"budget {want:.4f} unreachable: no policy of the space reaches it (keep 0.5 at every searchable block "
-            f"{list(space.layers)} gives at most {worst} at seq_len {budget.seq_len}); lower the budget or "
-            "search more layers"
+            f"budget {want:.4f} is out of reach for importance source(s) {worst} at seq_len {budget.seq_len}; "
+            "drop their pairs from the space (search.space.fit_to_budget does; search.run does it for you)"
         )
     return reach
 

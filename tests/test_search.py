@@ -21,9 +21,10 @@ from test_calibrate import write_checkpoint
 
 from search import run as run_cli
 from search.calibrate import CalibrationConfig, calibrate
-from search.export import export, pareto_trials
+from search.export import baselines, export, pareto_trials
 from search.objective import DenseReference
-from search.space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, paper_weights, project
+from search.space import (Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget, paper_weights,
+                          project)
 from search.study import (Objective, StudyConfig, StudyError, create_or_resume, recover_stale_trials,
                           register_worker, run, worker_id)
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply, estimate_flops
@@ -113,6 +114,16 @@ def test_unreachable_budget_and_bad_layers_stop_before_any_trial(tmp_path):
     assert not journal.exists()  # nothing was created, no trial ran
     reach = check_reachable(shape, spec, SearchSpace(layers=(1, 2, 3, 4)), Budget(0.3, seq_len=256))
     assert reach["ssm_output"] > 0.3
+    # 0.45 is within reach of the cheaper mixer_output matching (width d_model) only
+    both = SearchSpace(layers=(1, 2, 3, 4), importance=("clip/ssm_output", "l1/mixer_output"))
+    with pytest.raises(SpaceError, match="out of reach for importance source.*ssm_output.*fit_to_budget"):
+        check_reachable(shape, spec, both, Budget(0.45, seq_len=256))
+    fitted = fit_to_budget(shape, spec, both, Budget(0.45, seq_len=256))
+    assert fitted.importance == ("l1/mixer_output",) and "ssm_output" in fitted.notes[0]
+    assert fit_to_budget(shape, spec, both, Budget(0.3, seq_len=256)) is both
+    skipped = {}
+    found = baselines(shape, spec, Budget(0.45, seq_len=256), 0.001, skipped)
+    assert set(found) == {"evit", "dense"} and set(skipped) == {"paper", "tome"}  # never written below budget
 
 
 def test_command_line_bad_input_exits_with_a_message(tmp_path, capsys):
