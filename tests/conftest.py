@@ -63,3 +63,12 @@ def architecture(request):
 @pytest.fixture
 def model(architecture):
     return tiny_model(architecture)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

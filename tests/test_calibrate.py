@@ -44,13 +44,7 @@ def ids(n=6, length=40, seed=0):
     return torch.randint(3, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONFIG = CalibrationConfig(score_last=4, batch_size=4)

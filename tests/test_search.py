@@ -53,13 +53,7 @@ def setup_study(tmp_path, architecture="mamba2", n_layer=8, budget=0.2, n_trials
     return study, Objective(cfg, ref, spec), cfg, storage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- projection onto the budget -----------------------------------------------------------------
