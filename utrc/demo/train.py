@@ -37,24 +37,27 @@ from .tokenizer import build_tokenizer, vocabulary
 TIMING_STEPS = (20, 60)  # steps [20, 60) time the run when --minutes is given
 
 
-def model_config(arch: str, vocab_size: int):
+def model_config(arch: str, vocab_size: int, hidden_size: int | None = None, state_size: int | None = None):
     """The demo models' shapes, 8 blocks each (the paper's layers scale to blocks 2..5), small
-    enough to train in about 20 minutes on one CPU core: Mamba-2 d_model 128, d_state 32; Mamba-1
-    d_model 64, d_state 8 (its scan materialises every (token, channel, state) and is 10x slower)."""
+    enough to evaluate the demo suite on a CPU in about a minute: Mamba-2 d_model 128, d_state 64;
+    Mamba-1 d_model 64, d_state 8 (its scan materialises every (token, channel, state) and is
+    several times slower per token). `hidden_size` / `state_size` override the defaults."""
     ids = {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 2, "tie_word_embeddings": True}
     if arch == "mamba2":
         from transformers import Mamba2Config
 
+        d = hidden_size or 128
         return Mamba2Config(
-            vocab_size=vocab_size, hidden_size=128, num_hidden_layers=8, expand=2, head_dim=32, num_heads=8,
-            state_size=32, n_groups=1, conv_kernel=4, chunk_size=32, **ids,
+            vocab_size=vocab_size, hidden_size=d, num_hidden_layers=8, expand=2, head_dim=32, num_heads=2 * d // 32,
+            state_size=state_size or 64, n_groups=1, conv_kernel=4, chunk_size=32, **ids,
         )  # fmt: skip
     if arch == "mamba":
         from transformers import MambaConfig
 
+        d = hidden_size or 64
         return MambaConfig(
-            vocab_size=vocab_size, hidden_size=64, num_hidden_layers=8, expand=2, state_size=8,
-            conv_kernel=4, time_step_rank=4, use_mambapy=True, **ids,
+            vocab_size=vocab_size, hidden_size=d, num_hidden_layers=8, expand=2, state_size=state_size or 8,
+            conv_kernel=4, time_step_rank=max(4, d // 16), use_mambapy=True, **ids,
         )  # fmt: skip
     raise ValueError(f"--arch: expected 'mamba2' or 'mamba', got {arch!r}")
 
@@ -118,6 +121,13 @@ def _summary(res: dict) -> str:
     return ", ".join(cells) + f"; average {100 * res['average']:.1f}"
 
 
+def save(model, tokenizer, out: Path) -> None:
+    """Hugging Face format, float32 on the CPU, the model left where it was."""
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Train a demo model (see module docstring).")
     p.add_argument("--arch", required=True, choices=("mamba2", "mamba"))
@@ -125,6 +135,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps")
     p.add_argument("--minutes", type=float, default=None, help="fix --steps to fit this training time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden-size", type=int, default=None, help="d_model (default: 128 Mamba-2, 64 Mamba-1)")
+    p.add_argument("--state-size", type=int, default=None, help="d_state (default: 64 Mamba-2, 8 Mamba-1)")
     p.add_argument("--init", default=None, help="start from this model directory's weights (a second stage)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -170,7 +182,7 @@ def main(argv=None) -> None:
     )
     torch.manual_seed(a.seed)
     tokenizer = build_tokenizer()
-    config = model_config(a.arch, len(tokenizer))
+    config = model_config(a.arch, len(tokenizer), a.hidden_size, a.state_size)
     cls = Mamba2ForCausalLM if a.arch == "mamba2" else MambaForCausalLM
     if a.init:
         model = cls.from_pretrained(a.init, dtype=torch.float32).to(device)
@@ -235,14 +247,14 @@ def main(argv=None) -> None:
             res = score_suite(model, tokenizer, "dev", limit=a.eval_limit, batch_size=64)
             model.train()
             log(f"step {step}: dev ({a.eval_limit} items per task) " + _summary(res))
+            save(model, tokenizer, out)  # a run cut short keeps its last evaluated weights
     log(f"trained {step} steps, {tokens} tokens in {time.time() - t0:.0f} s")
 
     model.eval()
     t1 = time.time()
     res = score_suite(model, tokenizer, "dev", limit=a.eval_items, batch_size=64)
     log(f"dev accuracies (up to {a.eval_items} items per task, {time.time() - t1:.0f} s): " + _summary(res))
-    model.to("cpu").save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save(model, tokenizer, out)
     log(f"saved to {out}")
     log_file.close()
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Train the demo models on the lent H100 machine (device tool): several seeded training runs at
+# once, one process each (the models are tiny and leave the GPU mostly idle, so runs overlap).
+# Carry gpu-carry/ (transformers wheel; see benchmarks/gpu_run.sh). No mamba_ssm needed: the
+# models train through transformers' PyTorch path.
+#   bash benchmarks/gpu_train_demo.sh "$OUT" MINUTES NAME:ARGS [NAME:ARGS ...]
+# e.g. NAME:ARGS = "mamba2:--arch mamba2 --batch-size 64". Everything comes back as one archive,
+# $OUT/runs.tar.gz (NAME/{model files,train.log}, NAME.stdout): the device tool returns 8 files.
+# Each run is stopped 45 s past MINUTES; it keeps the weights of its last dev evaluation.
+set -uo pipefail
+out=${1:?output folder}; minutes=${2:?minutes per run}; shift 2
+runs=/tmp/utrc-train; mkdir -p "$runs"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$runs/gpu.txt"
+python3 -m pip install -q --no-deps --target /tmp/utrc-pylib gpu-carry/wheels/*.whl
+export PYTHONPATH=/tmp/utrc-pylib:$PWD
+limit=$(python3 -c "print(int($minutes * 60 + 45))")
+pids=()
+for run in "$@"; do
+  name=${run%%:*}; args=${run#*:}
+  # shellcheck disable=SC2086
+  timeout "$limit" python3 -m utrc.demo.train --out "$runs/$name" --minutes "$minutes" --workers 2 $args \
+    >"$runs/$name.stdout" 2>&1 &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+nvidia-smi --query-gpu=memory.used --format=csv,noheader >>"$runs/gpu.txt"
+tar czf "$out/runs.tar.gz" -C "$runs" .
+for run in "$@"; do name=${run%%:*}; echo "== $name"; grep -E "ms/step|dev|trained|Error" "$runs/$name/train.log" "$runs/$name.stdout" | tail -8; done
