@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 
-from utrc import Policy, apply
+from utrc import Policy
 
 
 class DevAccuracy:
@@ -47,8 +47,6 @@ class DevAccuracy:
         self.limit = limit
         self.lm = UtrcLM(pretrained=model_ref, policy="dense", device=device, dtype=dtype, batch_size=batch_size,
                          max_length=max_length or DEFAULT_MAX_LENGTH)
-        if not (hasattr(self.lm, "reduced") and hasattr(self.lm, "policy")):
-            raise RuntimeError("utrc.lm_eval.model.UtrcLM no longer exposes `reduced` / `policy`; update search.accuracy")
         self.model = self.lm.model
 
     def __call__(self, policy: Policy) -> float:
@@ -58,10 +56,7 @@ class DevAccuracy:
         """{"average": mean accuracy, "tasks": {task: accuracy}} of `policy` on the dev tasks."""
         import lm_eval
 
-        # The same switch UtrcLM's constructor makes, without reloading the model.
-        self.lm.reduced = apply(self.model, policy)
-        self.lm.policy = policy
-        self.lm.reset_realized()
+        self.lm.set_policy(policy)
         results = lm_eval.simple_evaluate(
             model=self.lm, tasks=self.tasks, task_manager=self.task_manager, limit=self.limit, bootstrap_iters=0,
             log_samples=False, verbosity="ERROR",

@@ -132,6 +132,14 @@ class UtrcLM(HFLM):
     def _create_model(self, pretrained, **kwargs) -> None:
         self._model = self._loaded
 
+    def set_policy(self, policy: Policy) -> None:
+        """Score later requests under `policy` (same model, nothing reloaded) and clear the realized
+        costs. `PolicyError` if the policy was made for another model; the old policy then stays."""
+        self.reduced = apply(self.model, policy)
+        self.policy = policy
+        self.policy_file = None
+        self.reset_realized()
+
     # --- accounting -------------------------------------------------------------------------------
     def realized(self) -> dict[str, dict]:
         """{task name: RealizedCost.as_dict()} over every request scored since construction or reset."""

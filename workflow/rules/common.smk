@@ -169,7 +169,7 @@ def calibration_table(model):
 
 
 def policy_file(model, method, tag):
-    """The deployable policy file of (model, method, budget), e.g. demo-mamba2_utrc-searched_flops30.json."""
+    """The deployable policy file of (model, method, budget), e.g. demo-mamba2_utrc-searched_flops0.3.json."""
     return f"{R}/{model}/policies/{model}_{method}_flops{tag}.json"
 
 
