@@ -22,6 +22,7 @@ from utrc.evaluation import (
     BENCHMARKS,
     FORMAT,
     PAPER_METRICS,
+    _item_scores,
     evaluate,
     local_task_manager,
     read_results,
@@ -207,6 +208,24 @@ def test_six_benchmarks_results_document(tiny, task_manager, tmp_path):
     assert read_results(path) == json.loads(json.dumps(doc))
 
 
+def test_item_scores_are_optional_and_agree_with_the_task_scores(tiny_models, task_manager):
+    model_dir, policy, _ = tiny_models("mamba2")
+    tasks = ["piqa", "lambada_openai"]
+    plain = evaluate(model_dir, policy, tasks, task_manager=task_manager, batch_size=4, bootstrap_iters=0)
+    assert all("item_scores" not in t for t in plain["tasks"].values())  # the default document is unchanged
+    doc = evaluate(model_dir, policy, tasks, task_manager=task_manager, batch_size=4, bootstrap_iters=0,
+                   item_scores=True)
+    for task in tasks:
+        t, items = doc["tasks"][task], doc["tasks"][task]["item_scores"]
+        assert items["doc_id"] == list(range(n_lines(task))) and len(items["doc_hash"]) == t["n_items"]
+        assert sum(items[t["paper_metric"]]) / t["n_items"] == pytest.approx(t["score"])
+        assert t["score"] == plain["tasks"][task]["score"]
+    assert set(doc["tasks"]["piqa"]["item_scores"]) == {"doc_id", "doc_hash", "acc", "acc_norm"}
+    assert set(doc["tasks"]["lambada_openai"]["item_scores"]) == {"doc_id", "doc_hash", "acc"}
+    with pytest.raises(ValueError, match="log_samples"):  # results of a run that logged no samples
+        _item_scores({"results": {}}, "piqa")
+
+
 def test_realized_cost_is_charged_per_task_and_matches_the_flops_model(tiny):
     model_dir, policy_file, model = tiny
     lm = UtrcLM(pretrained=model_dir, policy=policy_file, device="cpu", batch_size=3)
@@ -233,6 +252,24 @@ def test_realized_cost_is_charged_per_task_and_matches_the_flops_model(tiny):
         assert realized[task]["dense_flops"] == dense and realized[task]["reduced_flops"] == reduced
     lm.reset_realized()
     assert lm.realized() == {}
+
+
+def test_set_policy_switches_scoring_without_reloading(tiny, tmp_path):
+    model_dir, policy_file, model = tiny
+    lm = UtrcLM(pretrained=model_dir, policy="dense", device="cpu", batch_size=2)
+    loaded = lm.model
+    instances = [Instance("loglikelihood", {}, ("a context of some length, long enough to reduce", " and its end"), 0, ("t", 0, 1))]
+    dense = lm.loglikelihood(instances)
+    lm.set_policy(Policy.load(policy_file))
+    reduced = lm.loglikelihood(instances)
+    assert lm.model is loaded and lm.realized()["t"]["reduced_flops"] < lm.realized()["t"]["dense_flops"]
+    assert reduced[0][0] != pytest.approx(dense[0][0], abs=1e-6)  # the policy is applied, not a silent dense run
+    other = Policy.paper(ModelSpec(name="other", architecture=lm.shape.architecture, n_layer=64, d_model=2560), 0.9)
+    with pytest.raises(PolicyError, match="n_layer"):
+        lm.set_policy(other)
+    assert lm.policy == Policy.load(policy_file)  # a refused policy leaves the current one in place
+    lm.set_policy(Policy.dense(ModelSpec.of(lm.shape, name=model_dir)))
+    assert lm.loglikelihood(instances)[0][0] == pytest.approx(dense[0][0], abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["utrc", "evit", "tome"])

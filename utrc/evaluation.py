@@ -7,7 +7,8 @@
 metrics and aggregation — and turns lm-eval's results into a `utrc-results/1` document: every
 metric lm-eval reports, the paper's metric per task, the six-accuracy average, the policy's nominal
 FLOPs reduction and the reduction realized on each task's requests. docs/evaluation.md documents
-the schema.
+the schema. With `item_scores=True` (`--item-scores`) each task also carries its per-item
+accuracies (optional field `item_scores`), for paired comparisons of two policies on the same items.
 
 `local_task_manager` points lm-eval's real task configs at local JSON-lines files, for machines
 that cannot reach the Hugging Face hub; the configs themselves are included, never copied.
@@ -89,6 +90,7 @@ def evaluate(
     limit: int | float | None = None,
     seed: int = 1234,
     bootstrap_iters: int = 1000,
+    item_scores: bool = False,
     **simple_evaluate_kwargs,
 ) -> dict:
     """Evaluate `model_ref` reduced by `policy` on `tasks` -> a `utrc-results/1` document.
@@ -100,6 +102,8 @@ def evaluate(
     limit, bootstrap_iters and **simple_evaluate_kwargs go to `lm_eval.simple_evaluate`; `seed` sets
     its python, numpy, torch and few-shot seeds. bootstrap_iters (perplexity's stderr) defaults to
     1000 draws rather than lm-eval's 100000, which take ~15 s of pure Python per perplexity task.
+    item_scores   also record each task's per-item accuracies (`tasks[task]["item_scores"]`; lm-eval
+                  runs with log_samples=True)
 
     Unknown tasks, an unreadable policy file, a policy made for another model and a continuation
     longer than `max_length` raise before anything is scored.
@@ -130,6 +134,8 @@ def evaluate(
         model_args["dtype"] = dtype
     if tokenizer is not None:
         model_args["tokenizer"] = tokenizer
+    if item_scores:
+        simple_evaluate_kwargs["log_samples"] = True
     start = time.perf_counter()
     results = lm_eval.simple_evaluate(
         model="utrc",
@@ -154,6 +160,7 @@ def evaluate(
         batch_size=batch_size,
         limit=limit,
         elapsed_s=time.perf_counter() - start,
+        item_scores=item_scores,
     )
 
 
@@ -187,9 +194,14 @@ def results_document(
     batch_size=None,
     limit=None,
     elapsed_s: float | None = None,
+    item_scores: bool = False,
 ) -> dict:
     """Build a `utrc-results/1` document from lm-eval's results of a run with the model `utrc`
-    (what `simple_evaluate` returns, or the results JSON lm-eval's command line writes)."""
+    (what `simple_evaluate` returns, or the results JSON lm-eval's command line writes).
+
+    item_scores  add each task's per-item accuracies (`item_scores`, see `_item_scores`); needs
+                 the results of a run with log_samples=True
+    """
     info = results["config"].get("utrc")
     if info is None:
         raise ValueError("these lm-eval results were not produced by the model `utrc` (no config.utrc section)")
@@ -214,6 +226,8 @@ def results_document(
             "task_version": results.get("versions", {}).get(task),
             "num_fewshot": results.get("n-shot", {}).get(task),
         }
+        if item_scores:
+            tasks[task]["item_scores"] = _item_scores(results, task)
     averaged = [t for t, d in tasks.items() if d["paper_metric"] in ACCURACIES and d["score"] is not None]
     nominal = estimate_flops(shape, policy, seq_len=NOMINAL_SEQ_LEN, protect_last=1)
     config = results["config"]
@@ -248,6 +262,22 @@ def results_document(
 
 
 _NOT_METRICS = {"alias", "name", "sample_len", "samples"}
+
+
+def _item_scores(results: Mapping, task: str) -> dict:
+    """{"doc_id": [...], "doc_hash": [...], "acc": [...], "acc_norm": [...]}: one entry per item of
+    `task`, ordered by doc_id, for the accuracies lm-eval scored per item (filter "none", or the
+    task's only filter). Raises if the run did not log its samples."""
+    samples = results.get("samples", {}).get(task)
+    if samples is None:
+        raise ValueError(f"item scores of {task!r}: lm-eval logged no samples (run it with log_samples=True)")
+    filters = sorted({s.get("filter", "none") for s in samples})
+    chosen = "none" if "none" in filters else filters[0]
+    rows = sorted((s for s in samples if s.get("filter", "none") == chosen), key=lambda s: s["doc_id"])
+    metrics = [m for m in ACCURACIES if rows and all(m in s for s in rows)]
+    out = {"doc_id": [s["doc_id"] for s in rows], "doc_hash": [s.get("doc_hash") for s in rows]}
+    out.update({m: [float(s[m]) for s in rows] for m in metrics})
+    return out
 
 
 def _metrics(raw: Mapping) -> dict:
@@ -373,6 +403,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--include-path", default=None, help="directory of extra lm-eval task YAMLs")
     ap.add_argument(
+        "--item-scores", action="store_true",
+        help="also record each task's per-item accuracies (field item_scores), for paired comparisons",
+    )
+    ap.add_argument(
         "--threads", type=int, default=None,
         help="torch CPU threads (default: torch's choice; use 1 per job when jobs share the cores)",
     )
@@ -388,7 +422,7 @@ def main(argv=None) -> None:
     batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
     doc = evaluate(
         args.model, args.policy, args.tasks, task_manager=task_manager, batch_size=batch_size, device=args.device,
-        dtype=args.dtype, max_length=args.max_length, limit=limit, seed=args.seed,
+        dtype=args.dtype, max_length=args.max_length, limit=limit, seed=args.seed, item_scores=args.item_scores,
     )
     write_results(doc, args.out)
     for task, t in doc["tasks"].items():
