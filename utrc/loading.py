@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .mamba_ssm_format import _short_list, mamba_ssm_to_transformers, save_mamba_ssm_checkpoint
+from .mamba_ssm_format import mamba_ssm_to_transformers, save_mamba_ssm_checkpoint, weights_mismatch
 
 __all__ = [
     "DEMO_MODELS",
@@ -345,17 +345,7 @@ def _load_hf(directory: Path, architecture: str, dtype, device):
     unexpected = set(info.get("unexpected_keys") or ())
     mismatched = info.get("mismatched_keys") or ()
     if missing or unexpected or mismatched:
-        parts = []
-        if unexpected:
-            parts.append(f"unknown keys: {_short_list(unexpected)}")
-        if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {_short_list([str(m) for m in mismatched], 10)}")
-        raise ValueError(
-            f"{directory}: the weights do not match a {cls.__name__} built from its config.json; "
-            + "; ".join(parts)
-        )
+        raise weights_mismatch(f"{directory}: the weights", cls, unexpected, missing, mismatched)
     return model.to(device)
 
 

@@ -72,6 +72,18 @@ def _short_list(names, limit: int = 20) -> str:
     return shown
 
 
+def weights_mismatch(what: str, cls, unknown, missing, mismatched=()) -> ValueError:
+    """The error for a state dict that does not fit the model `cls` built from its config.json."""
+    parts = []
+    if unknown:
+        parts.append(f"unknown keys: {_short_list(unknown)}")
+    if missing:
+        parts.append(f"missing keys: {_short_list(missing)}")
+    if mismatched:
+        parts.append(f"shape mismatches: {_short_list([str(m) for m in mismatched], 10)}")
+    return ValueError(f"{what} do not match a {cls.__name__} built from its config.json; " + "; ".join(parts))
+
+
 # --------------------------------------------------------------------------------------------
 # mamba_ssm format -> transformers config
 # --------------------------------------------------------------------------------------------
@@ -225,15 +237,7 @@ def mamba_ssm_to_transformers(
     missing = set(expected) - set(state)
     unknown = set(state) - set(expected)
     if missing or unknown:
-        parts = []
-        if unknown:
-            parts.append(f"unknown keys: {_short_list(unknown)}")
-        if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
-        raise ValueError(
-            f"{directory}: the mamba_ssm weights do not match a {cls.__name__} built from its "
-            f"config.json; " + "; ".join(parts)
-        )
+        raise weights_mismatch(f"{directory}: the mamba_ssm weights", cls, unknown, missing)
     bad = [
         f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
         for k, v in expected.items()
