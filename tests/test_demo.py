@@ -199,3 +199,19 @@ def test_demo_mamba2_reads_the_document():
     model, tok = utrc.load_model("demo:mamba2")
     rows = tasks.generate_items("demo_piqa", "dev", 20)
     assert score_task(model, tok, "demo_piqa", rows)["acc"] >= 0.7  # chance is 0.5
+
+
+@pytest.mark.parametrize("method", ["utrc", "evit", "tome"])
+def test_table_policies_meet_the_nominal_budget_of_their_own_method(method):
+    import utrc
+    from utrc.demo.score import policy_for
+    from utrc.flops import estimate_flops
+    from utrc.shapes import ModelShape
+
+    model, _ = utrc.load_model("demo:mamba2")
+    shape = ModelShape.of(model)
+    policy = policy_for(model, f"{method}:0.3", "demo:mamba2")
+    assert policy.method == method
+    assert estimate_flops(shape, policy, 2048, 1)["reduction"] == pytest.approx(0.3, abs=0.01)
+    if method == "evit":  # no matching step to pay for: more tokens kept than the paper schedule
+        assert policy.layers[2].keep > policy_for(model, "utrc:0.3").layers[2].keep

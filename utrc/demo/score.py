@@ -115,9 +115,11 @@ def score_suite(model, tokenizer, split="dev", reduced=None, n_items=None, limit
 
 def policy_for(model, spec: str, name: str = ""):
     """"dense", or "METHOD:TARGET" (utrc | evit | tome at a nominal FLOPs reduction TARGET, e.g.
-    evit:0.3) at the paper's scaled layers, with the keep ratio solved from the FLOPs model."""
-    from ..flops import solve_keep
-    from ..policy import LayerSpec, ModelSpec, Policy, paper_layers
+    evit:0.3) at the paper's scaled layers, with the keep ratio solved from the FLOPs model of that
+    method (`utrc.profile.budget_policy`: EViT, which has no matching step, keeps more tokens at
+    the same budget)."""
+    from ..policy import ModelSpec, Policy
+    from ..profile import budget_policy
     from ..shapes import ModelShape
 
     shape = ModelShape.of(model)
@@ -126,9 +128,7 @@ def policy_for(model, spec: str, name: str = ""):
     method, _, target = spec.partition(":")
     if method not in ("utrc", "evit", "tome") or not target:
         raise ValueError(f"policy {spec!r}: expected 'dense' or METHOD:TARGET with METHOD utrc|evit|tome")
-    layers = paper_layers(shape.n_layer)
-    keep = solve_keep(shape, layers, float(target))
-    return Policy(method=method, model=ModelSpec.of(shape, name=name), layers={l: LayerSpec(keep) for l in layers})
+    return budget_policy(spec, shape, name)
 
 
 def format_table(results: dict) -> str:
