@@ -29,7 +29,6 @@ gave identical policies, trial tables and test scores.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -250,6 +249,7 @@ def run_steps(settings: Settings, steps: dict[str, list[str]], timings: dict) ->
 
 
 def accuracy_document(settings: Settings, docs: dict, calibration: dict, timings: dict, total_s: float) -> dict:
+    from search.provenance import file_hash
     from utrc.evaluation import device_name
 
     timings = {**timings, "total": round(total_s, 1)}
@@ -258,7 +258,7 @@ def accuracy_document(settings: Settings, docs: dict, calibration: dict, timings
         # the same model hash as the calibration summary and the policies' provenance (sha256 over the
         # parameters' names, dtypes, shapes and bytes); the file's own sha256 beside it
         "model_hash": calibration["model"]["hash"],
-        "model_file_sha256": file_sha256(MODEL_FILE),
+        "model_file_sha256": file_hash(MODEL_FILE),
         "calibration_hash": calibration["hash"],
         "machine": f"{device_name('cpu')}, {settings.threads} torch thread(s)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -372,14 +372,6 @@ def repo_relative(path: str | Path) -> str:
     the files they write then record no machine-specific directory), else absolute."""
     path = (REPO / path).resolve()  # a relative path is relative to the root, where the steps run
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def now() -> str:
