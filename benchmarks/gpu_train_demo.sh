@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Train the demo models on the lent H100 machine (device tool): several seeded training runs at
 # once, one process each (the models are tiny and leave the GPU mostly idle, so runs overlap).
-# Carry gpu-carry/ (transformers wheel; see benchmarks/gpu_run.sh). No mamba_ssm needed: the
-# models train through transformers' PyTorch path.
+# Carry gpu-carry/ (transformers wheel; see benchmarks/gpu_run.sh). With MAMBA_SSM=1 it first makes
+# mamba_ssm importable (benchmarks/gpu_mamba_ssm.sh), and transformers then trains through its
+# kernels (selective scan, SSD chunk scan): Mamba-1 needs them (its PyTorch scan took 6.2 s a
+# step); Mamba-2 also trains on transformers' PyTorch path (71 ms a 64-episode step).
 #   bash benchmarks/gpu_train_demo.sh "$OUT" MINUTES NAME:ARGS [NAME:ARGS ...]
 # e.g. NAME:ARGS = "mamba2:--arch mamba2 --batch-size 64". Everything comes back as one archive,
 # $OUT/runs.tar.gz (NAME/{model files,train.log}, NAME.stdout): the device tool returns 8 files.
@@ -11,7 +13,8 @@ set -uo pipefail
 out=${1:?output folder}; minutes=${2:?minutes per run}; shift 2
 runs=/tmp/utrc-train; mkdir -p "$runs"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$runs/gpu.txt"
-python3 -m pip install -q --no-deps --target /tmp/utrc-pylib gpu-carry/wheels/*.whl
+python3 -m pip install -q --no-deps --upgrade --target /tmp/utrc-pylib gpu-carry/wheels/*.whl
+if [ "${MAMBA_SSM:-0}" = 1 ]; then bash benchmarks/gpu_mamba_ssm.sh; fi
 export PYTHONPATH=/tmp/utrc-pylib:$PWD
 limit=$(python3 -c "print(int($minutes * 60 + 45))")
 pids=()

@@ -195,3 +195,66 @@ def test_reduced_prefill_then_cached_decoding(model):
         mask = torch.ones_like(x)
         mask[0, -3:] = 0
         apply(model, policy(model, {1: 0.6}))(x, attention_mask=mask, cache=DynamicCache(config=model.config))
+
+
+@pytest.mark.parametrize("length", [37, 300])
+def test_mamba1_padded_scan_matches_the_transformers_mixer(length):
+    # utrc.mamba1_scan pads the scan to the kernel's chunk (37 -> 128, 300 -> 512) with zero-size
+    # steps. Here transformers' PyTorch scan stands in for mamba_ssm's kernel (same signature):
+    # outputs at real positions and the cached conv / recurrent states must be the transformers
+    # mixer's, so decoding after a reduced prefill continues from the exact state.
+    from transformers import DynamicCache
+    from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+
+    from utrc.mamba1_scan import mamba1_mixer_forward, scan_chunk
+
+    assert (scan_chunk(37), scan_chunk(300), scan_chunk(1990), scan_chunk(2048)) == (128, 512, 2048, 2048)
+    model = tiny_model("mamba")
+    mixer = model.backbone.layers[1].mixer
+    h = torch.randn(2, length, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    expected_cache, cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    captured = []
+    handle = mixer.out_proj.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    with torch.no_grad():
+        expected = mixer(h, expected_cache)
+        handle.remove()
+        out, ssm_output = mamba1_mixer_forward(mixer, h, cache, selective_scan=mamba_selective_scan)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ssm_output, captured[0], rtol=1e-5, atol=1e-6)  # the importance source
+    for kind in ("conv_states", "recurrent_states"):
+        torch.testing.assert_close(getattr(cache.layers[1], kind)[0], getattr(expected_cache.layers[1], kind)[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_plans_size_their_tensors_from_host_counts(model):
+    # ReducedModel passes every row's counts from the host (RowCounts), so no layer reads the GPU;
+    # with ragged rows they must agree with the device-side counts of the same formula.
+    from utrc.reduction import RowCounts
+
+    lengths, protect = torch.tensor([50, 31, 7]), torch.tensor([6, 1, 7])
+    counts = RowCounts.of(lengths, protect, 0.55)
+    assert counts.prefix == (44, 30, 0)
+    assert counts.removed == tuple(removal_count(p, 0.55) for p in (44, 30, 0)) == (19, 13, 0)
+    assert counts.R == 19 and counts.new_lengths == (31, 18, 7)
+    assert counts.merges("hybrid", 1.0) is False and counts.merges("merge", 1.0) is True
+    assert RowCounts.of([4], [4], 0.5).merges("merge", 0.5) is False
+
+
+def test_the_gpu_mamba1_path_reduces_like_the_transformers_mixer(monkeypatch):
+    # CI has no GPU: route the reduced loop through utrc.mamba1_scan (as on a GPU with mamba_ssm),
+    # with transformers' PyTorch scan in place of the kernel; plan and logits must not change.
+    from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+
+    import utrc.reduced
+    from utrc.mamba1_scan import mamba1_mixer_forward
+
+    model = tiny_model("mamba")
+    x = ids(n=40)
+    p = policy(model, {1: 0.6, 2: 0.7}, importance_source="ssm_output")
+    expected = apply(model, p)(x, protect_last=2)
+    monkeypatch.setattr(utrc.reduced, "_uses_mamba1_scan", lambda mixer, h: True)
+    monkeypatch.setattr(utrc.reduced, "mamba1_mixer_forward",
+                        lambda mixer, h, cache=None: mamba1_mixer_forward(mixer, h, cache, mamba_selective_scan))
+    out = apply(model, p)(x, protect_last=2)
+    assert torch.equal(out.positions, expected.positions) and torch.equal(out.sizes, expected.sizes)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)

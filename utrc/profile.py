@@ -114,29 +114,129 @@ def _peak_memory(fn, device: torch.device) -> float:
     return peak / 2**30
 
 
-def _runners(model, policy: Policy | None):
-    """(prefill all logits, prefill last logits, generate n tokens) for dense (None) or a policy."""
+def _runners(model, policy: Policy | None, decoder: "_GraphDecoder | None" = None):
+    """(prefill all logits, prefill last logits, generate n tokens) for dense (None) or a policy.
+    Generation: a (reduced) prefill fills a fresh cache; the decode steps run through `decoder`
+    (one CUDA graph per step) when given, else eagerly. Decoding is never reduced (SPEC §1)."""
     from transformers import DynamicCache
 
-    reduced = apply(model, policy) if policy is not None else None
+    # dense runs through the same layer loop with nothing to reduce (bit for bit the transformers
+    # model on the CPU), so both sides use the same kernels, e.g. utrc.mamba1_scan on a GPU
+    reduced = apply(model, policy or Policy.dense(ModelSpec.of(ModelShape.of(model))))
 
     def prefill(x, last=False):
-        if reduced is None:
-            return model(x, use_cache=False, logits_to_keep=1 if last else 0).logits
         return reduced(x, protect_last=1, last_logits_only=last).logits
 
-    def generate(x, new_tokens):
+    def prefill_into_cache(x):
         cache = DynamicCache(config=model.config)
-        if reduced is None:
-            logits = model(x, cache=cache, use_cache=True, logits_to_keep=1).logits
-        else:
-            logits = reduced(x, protect_last=1, cache=cache, last_logits_only=True).logits
-        token = logits[:, -1].argmax(-1)
+        logits = reduced(x, protect_last=1, cache=cache, last_logits_only=True).logits
+        return cache, logits[:, -1].argmax(-1)  # [B]
+
+    def generate(x, new_tokens):
+        cache, token = prefill_into_cache(x)
+        if decoder is not None:
+            return decoder.run(cache, token, new_tokens - 1)
         for _ in range(new_tokens - 1):
             token = model(input_ids=token[:, None], cache=cache, use_cache=True).logits[:, -1].argmax(-1)
         return token
 
-    return prefill, generate
+    return prefill, generate, prefill_into_cache
+
+
+class _GraphDecoder:
+    """Greedy decode steps replayed from one CUDA graph (the role of mamba_ssm's `cg=True`).
+
+    transformers' Mamba caches update their conv and recurrent states in place (static addresses,
+    for CUDA graphs), so one captured step -- embed the token, 64 blocks' single-token kernels,
+    lm_head, argmax, write the argmax back as the next input -- replays against a fixed cache.
+    `run` copies a freshly prefilled cache's states into that fixed cache and replays. The capture
+    (a one-off cost, like compilation) happens on the first `run` and is not in its timing path
+    afterwards."""
+
+    def __init__(self, model):
+        self.model = model
+        self.graph = None
+
+    def _capture(self, cache, token):
+        self.cache, self.token = cache, token[:, None].clone()  # [B, 1] static input
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up outside the graph (PyTorch's capture recipe)
+            for _ in range(2):
+                self.model(input_ids=self.token, cache=self.cache, use_cache=True)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            logits = self.model(input_ids=self.token, cache=self.cache, use_cache=True).logits  # [B, 1, V]
+            self.token.copy_(logits[:, -1:].argmax(-1))
+
+    def run(self, cache, token, steps: int) -> torch.Tensor:
+        if self.graph is None:
+            self._capture(cache, token)
+        _copy_cache_states(self.cache, cache)
+        self.token.copy_(token[:, None])
+        for _ in range(steps):
+            self.graph.replay()
+        return self.token[:, 0]
+
+
+def _copy_cache_states(dst, src) -> None:
+    """Copy every layer's conv / recurrent state of cache `src` into the same tensors of `dst`."""
+    for d_layer, s_layer in zip(dst.layers, src.layers, strict=True):
+        for kind in ("conv_states", "recurrent_states"):
+            for i, t in getattr(s_layer, kind).items():
+                if t is not None:
+                    getattr(d_layer, kind)[i].copy_(t)
+
+
+def _graph_decode_check(model, decoder: _GraphDecoder, prefill_into_cache, x, steps: int = 8) -> float:
+    """Share of greedy tokens on which graph replay and eager decoding agree after the same
+    prefill (bf16 kernels may round differently under capture; a broken capture gives ~0)."""
+    cache, token = prefill_into_cache(x)
+    eager = []
+    t = token
+    for _ in range(steps):
+        t = model(input_ids=t[:, None], cache=cache, use_cache=True).logits[:, -1].argmax(-1)
+        eager.append(t)
+    cache, token = prefill_into_cache(x)
+    _copy_cache_states(decoder.cache, cache)
+    decoder.token.copy_(token[:, None])
+    graphed = []
+    for _ in range(steps):
+        decoder.graph.replay()
+        graphed.append(decoder.token[:, 0].clone())
+    return float((torch.stack(eager) == torch.stack(graphed)).float().mean())
+
+
+def _kernel_trace(fn, top: int = 15) -> dict:
+    """GPU time of one call of `fn` by kernel (torch.profiler): where a prefill's time goes.
+    `busy_fraction` = summed kernel time / wall time; below 1, the GPU waited for the host
+    (launches, synchronisations)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    per_kernel: dict[str, list] = {}
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            entry = per_kernel.setdefault(evt.name, [0.0, 0])
+            entry[0] += evt.time_range.elapsed_us() / 1e6
+            entry[1] += 1
+    busy = sum(v[0] for v in per_kernel.values())
+    ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])
+    return {
+        "wall_s": wall,
+        "kernel_s": busy,
+        "busy_fraction": busy / wall,
+        "kernels": sum(v[1] for v in per_kernel.values()),
+        "top": [{"kernel": k[:160], "s": v[0], "calls": v[1]} for k, v in ranked[:top]],
+    }
 
 
 def profile(
@@ -152,9 +252,13 @@ def profile(
     warmup: int = 2,
     measure: tuple[str, ...] = ("memory", "prefill", "generate"),
     progress_path: str | None = None,
+    cuda_graphs: bool = True,
+    trace: bool = False,
 ) -> dict:
     """Measure dense and each policy on the same inputs. Returns a JSON-ready dict.
-    `progress_path`: rewritten after each policy with the rows so far, so a run cut short keeps them."""
+    `progress_path`: rewritten after each policy with the rows so far, so a run cut short keeps them.
+    `cuda_graphs`: decode steps replay one CUDA graph (GPU only; falls back to eager decoding,
+    noted in the result, if capture fails). `trace`: add each prefill's GPU time by kernel."""
     device = model.lm_head.weight.device
     shape = ModelShape.of(model)
     timer = _Timer(device)
@@ -167,8 +271,10 @@ def profile(
         generate_batch
     )
     rows: dict[str, dict] = {}
+    decoder = _GraphDecoder(model) if cuda_graphs and device.type == "cuda" and "generate" in measure else None
+    decode_notes: list[str] = []
     for name, policy in {"dense": None, **policies}.items():
-        prefill, generate = _runners(model, policy)
+        prefill, generate, prefill_into_cache = _runners(model, policy, decoder)
         row: dict = {}
         if policy is not None:
             est = estimate_flops(shape, policy, seq_len=seq_len, protect_last=1)
@@ -187,8 +293,19 @@ def profile(
                 row["prefill_s"] = timer(lambda: prefill(x_pre), repeats, warmup)
                 row["prefill_tokens_per_s"] = prefill_batch * seq_len / row["prefill_s"]
             if "generate" in measure:
+                if decoder is not None and decoder.graph is None:
+                    try:
+                        generate(x_gen, 2)  # captures the decode graph
+                        decode_notes.append("decode graph agrees with eager decoding on "
+                                            f"{_graph_decode_check(model, decoder, prefill_into_cache, x_gen):.1%} of 8 greedy steps")
+                    except Exception as exc:  # capture unsupported on this stack: measure eagerly, say so
+                        decode_notes.append(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly")
+                        decoder = None
+                        prefill, generate, prefill_into_cache = _runners(model, policy, None)
                 row["generate_s"] = timer(lambda: generate(x_gen, new_tokens), max(1, repeats // 2), 1)
                 row["generate_tokens_per_s"] = generate_batch * new_tokens / row["generate_s"]
+            if trace and device.type == "cuda":
+                row["prefill_kernel_trace"] = _kernel_trace(lambda: prefill(x_pre))
         rows[name] = row
         if progress_path:
             with open(progress_path, "w") as f:
@@ -221,7 +338,8 @@ def profile(
         "shape": {k: v for k, v in vars(shape).items()},
         "protocol": dict(seq_len=seq_len, memory_batch=memory_batch, prefill_batch=prefill_batch,
                          generate_batch=generate_batch, new_tokens=new_tokens, repeats=repeats, warmup=warmup,
-                         measure=list(measure)),
+                         measure=list(measure), decode_cuda_graphs=decoder is not None),
+        "decode_notes": decode_notes,
         "results": rows,
     }
 
@@ -241,6 +359,8 @@ def main(argv=None) -> None:
     ap.add_argument("--new-tokens", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--measure", default="memory,prefill,generate")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly (default on a GPU: CUDA graphs)")
+    ap.add_argument("--trace", action="store_true", help="add each prefill's GPU time by kernel (torch.profiler)")
     ap.add_argument("--out", help="write the JSON result here (default: stdout)")
     args = ap.parse_args(argv)
 
@@ -260,7 +380,8 @@ def main(argv=None) -> None:
     result = profile(model, policies, seq_len=args.seq_len, memory_batch=args.memory_batch,
                      prefill_batch=args.prefill_batch, generate_batch=args.generate_batch,
                      new_tokens=args.new_tokens, repeats=args.repeats, measure=tuple(args.measure.split(",")),
-                     progress_path=args.out + ".partial" if args.out else None)
+                     progress_path=args.out + ".partial" if args.out else None,
+                     cuda_graphs=not args.no_cuda_graphs, trace=args.trace)
     result["model"] = name
     text = json.dumps(result, indent=2)
     if args.out:

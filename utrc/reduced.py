@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .counts import removal_counts
+from .loading import is_mamba_ssm_available
+from .mamba1_scan import mamba1_mixer_forward
 from .policy import Policy, PolicyError
-from .reduction import ReductionPlan, evit_plan, importance_scores, tome_plan, utrc_plan
+from .reduction import ReductionPlan, RowCounts, evit_plan, importance_scores, tome_plan, utrc_plan
 from .shapes import ModelShape
 
 
@@ -82,6 +83,10 @@ class ReducedModel:
         [B, 1, V], positions [B, 1]."""
         B, N = input_ids.shape
         lengths, protect = _row_lengths(input_ids, attention_mask, protect_last)
+        # every row's length on the host too: the policy alone decides how they shrink, so no
+        # layer has to read a count back from the GPU (SPEC §1 step 1, `RowCounts`)
+        host_lengths = [N] * B if attention_mask is None else lengths.tolist()
+        host_protect = protect.tolist()
         if cache is not None and bool((lengths != N).any()):
             raise ValueError("a cache needs unpadded rows: the recurrent state would absorb the padding")
         backbone = self.model.backbone
@@ -95,14 +100,15 @@ class ReducedModel:
         for i, block in enumerate(backbone.layers):
             tokens_per_layer[i] = lengths
             step = self.schedule.get(i)
-            if step is None or int(removal_counts((lengths - protect).clamp(min=0), step[0]).max()) == 0:
-                h = block(h, cache)
+            counts = RowCounts.of(host_lengths, host_protect, step[0]) if step is not None else None
+            if counts is None or counts.R == 0:
+                h = _block_forward(block, h, cache)
                 continue
-            plan, residual, mix = self._reduce_block(block, h, lengths, protect, *step, cache)
+            plan, residual, mix = self._reduce_block(block, h, lengths, protect, *step, counts, cache)
             h = plan.residual(residual, sizes) + plan.hidden(mix, sizes)
             sizes = plan.sizes(sizes)
             positions = plan.positions(positions)
-            lengths = plan.new_lengths
+            lengths, host_lengths = plan.new_lengths, list(counts.new_lengths)
 
         if last_logits_only:
             last = (lengths - 1)[:, None]  # [B, 1]
@@ -112,7 +118,7 @@ class ReducedModel:
         logits = self.model.lm_head(h.to(self.model.lm_head.weight.dtype)).float()  # [B, N', V]
         return ReducedOutput(logits, positions, sizes, lengths, tokens_per_layer)
 
-    def _reduce_block(self, block, h, lengths, protect, keep, prune_share, cache=None):
+    def _reduce_block(self, block, h, lengths, protect, keep, prune_share, counts, cache=None):
         """Run one block split into its branches and plan its reduction.
         -> (plan, residual branch [B, N, D], hidden branch [B, N, D])."""
         residual = h
@@ -120,20 +126,20 @@ class ReducedModel:
         if block.residual_in_fp32:
             residual = residual.to(torch.float32)
         mix, source = _mixer_with_source(block.mixer, normed, self.policy.importance_source, cache)
-        plan = self._plan(source, lengths, protect, keep, prune_share)
+        plan = self._plan(source, lengths, protect, keep, prune_share, counts)
         return plan, residual, mix
 
-    def _plan(self, source, lengths, protect, keep, prune_share) -> ReductionPlan:
+    def _plan(self, source, lengths, protect, keep, prune_share, counts) -> ReductionPlan:
         p = self.policy
         if p.method == "utrc":
             scores = importance_scores(source, p.importance)
             return utrc_plan(
-                scores, source, lengths, protect, keep, prune_share, p.hidden_strategy, p.residual_strategy
+                scores, source, lengths, protect, keep, prune_share, p.hidden_strategy, p.residual_strategy, counts
             )
         if p.method == "evit":
-            return evit_plan(importance_scores(source, p.importance), lengths, protect, keep)
+            return evit_plan(importance_scores(source, p.importance), lengths, protect, keep, counts)
         if p.method == "tome":
-            return tome_plan(source, lengths, protect, keep)
+            return tome_plan(source, lengths, protect, keep, counts)
         raise PolicyError(f"method: {p.method!r} has no reduction step")  # dense has no layers
 
 
@@ -144,8 +150,14 @@ def _mixer_with_source(mixer, normed: torch.Tensor, source: str, cache=None):
     gated `norm`. transformers computes both inside `forward` without returning them, so a forward
     pre-hook reads them, for this call only: it is removed before returning, leaving the module as
     it was. If the mixer ran a fused kernel that never calls those modules, nothing is captured and
-    we stop rather than silently reduce on the wrong tensor.
+    we stop rather than silently reduce on the wrong tensor. Mamba-1 on a GPU runs
+    `utrc.mamba1_scan`, which returns its SSM output itself.
     """
+    if _uses_mamba1_scan(mixer, normed):
+        out, ssm_output = mamba1_mixer_forward(mixer, normed, cache)
+        if source == "scan_output":  # Policy.check_fits refuses it for Mamba-1; kept as a guard
+            raise RuntimeError("scan_output is a Mamba-2 source; Mamba-1 has no gated norm")
+        return out, ssm_output if source == "ssm_output" else out
     if source == "mixer_output":
         out = mixer(normed, cache)
         return out, out
@@ -163,6 +175,23 @@ def _mixer_with_source(mixer, normed: torch.Tensor, source: str, cache=None):
             "the policy cannot be applied"
         )
     return out, captured[0]
+
+
+def _uses_mamba1_scan(mixer, x: torch.Tensor) -> bool:
+    """Mamba-1 on a GPU with mamba_ssm: run the scan at a kernel-friendly length (utrc.mamba1_scan)."""
+    return x.is_cuda and type(mixer).__name__ == "MambaMixer" and is_mamba_ssm_available()
+
+
+def _block_forward(block, h: torch.Tensor, cache=None) -> torch.Tensor:
+    """A block as transformers runs it (MambaBlock / Mamba2Block.forward); Mamba-1 blocks on a GPU
+    with mamba_ssm through `utrc.mamba1_scan` instead of transformers' mixer."""
+    if not _uses_mamba1_scan(block.mixer, h):
+        return block(h, cache)
+    residual = h
+    normed = block.norm(h.to(dtype=block.norm.weight.dtype))
+    if block.residual_in_fp32:
+        residual = residual.to(torch.float32)
+    return residual + mamba1_mixer_forward(block.mixer, normed, cache)[0]
 
 
 def _mask(lengths: torch.Tensor, N: int) -> torch.Tensor:

@@ -19,23 +19,64 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .counts import prune_counts, removal_counts
+from .counts import prune_count, prune_counts, removal_count, removal_counts
 
 # --- importance -------------------------------------------------------------------------------
 
 
 def importance_scores(source: torch.Tensor, metric: str) -> torch.Tensor:
-    """Per-token importance of `source` [B, N, C] -> [B, N] float32 (SPEC §1 step 2)."""
-    y = source.float()
+    """Per-token importance of `source` [B, N, C] -> [B, N] float32 (SPEC §1 step 2).
+    clip / l1 / signed are exact in the source's dtype and accumulate in float32, so a bf16 source
+    is never copied to float32 whole (a [16, 2048, 5120] copy per layer on the 2.7B shape)."""
     if metric == "clip":
-        return y.clamp(min=0).mean(-1)
+        return source.clamp(min=0).mean(-1, dtype=torch.float32)
     if metric == "l1":
-        return y.abs().mean(-1)
+        return source.abs().mean(-1, dtype=torch.float32)
     if metric == "l2":
-        return y.square().mean(-1).sqrt()
+        return source.float().square().mean(-1).sqrt()
     if metric == "signed":
-        return y.mean(-1)
+        return source.mean(-1, dtype=torch.float32)
     raise ValueError(f"unknown importance metric {metric!r}")
+
+
+# --- counts on the host ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """One reduction layer's token counts per batch row, as host integers.
+
+    A plan's tensor widths (R, |A|, |Bset|, N') are maxima of these counts. Reading them off the
+    GPU would stall the launch queue several times per layer; `ReducedModel` tracks every row's
+    length on the host instead (they follow from the policy alone) and hands the counts over."""
+
+    lengths: tuple[int, ...]  # real tokens per row before the layer
+    prefix: tuple[int, ...]  # reducible prefix P per row
+    removed: tuple[int, ...]  # r per row (SPEC §1 step 1)
+
+    @classmethod
+    def of(cls, lengths, protect, keep: float) -> "RowCounts":
+        """lengths, protect: [B] int tensors (read once) or sequences of ints."""
+        lengths = lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)
+        protect = protect.tolist() if isinstance(protect, torch.Tensor) else list(protect)
+        prefix = [max(0, n - p) for n, p in zip(lengths, protect, strict=True)]
+        return cls(tuple(lengths), tuple(prefix), tuple(removal_count(p, keep) for p in prefix))
+
+    @property
+    def R(self) -> int:
+        return max(self.removed, default=0)
+
+    @property
+    def new_lengths(self) -> tuple[int, ...]:
+        return tuple(n - r for n, r in zip(self.lengths, self.removed))
+
+    def merges(self, strategy: str, prune_share: float) -> bool:
+        """Whether a branch with this strategy merges any token (else it only drops rows)."""
+        if strategy == "prune":
+            return False
+        if strategy == "hybrid":
+            return any(r - prune_count(r, prune_share) > 0 for r in self.removed)
+        return self.R > 0
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -54,6 +95,8 @@ class ReductionPlan:
     keep_valid     [B, N']
     new_lengths    [B] real tokens per row after this layer
     new_index      [B, N] where each current token lands in the output (meaningful for survivors)
+    hidden_merges, residual_merges  host flags: the branch merges at least one token somewhere
+    ragged         host flag: some row is shorter than N' (its tail slots are padding)
     """
 
     src: torch.Tensor
@@ -65,6 +108,9 @@ class ReductionPlan:
     keep_valid: torch.Tensor
     new_lengths: torch.Tensor
     new_index: torch.Tensor
+    hidden_merges: bool = True
+    residual_merges: bool = True
+    ragged: bool = True
 
     @property
     def removed(self) -> torch.Tensor:  # [B]
@@ -72,11 +118,11 @@ class ReductionPlan:
 
     def hidden(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Reduce the hidden branch (the mixer output) x [B, N, D] -> [B, N', D]."""
-        return self._merge_and_gather(x, sizes, self.merge_hidden)
+        return self._merge_and_gather(x, sizes, self.merge_hidden, self.hidden_merges)
 
     def residual(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Reduce the residual branch (the stream before the add) x [B, N, D] -> [B, N', D]."""
-        return self._merge_and_gather(x, sizes, self.merge_residual)
+        return self._merge_and_gather(x, sizes, self.merge_residual, self.residual_merges)
 
     def sizes(self, sizes: torch.Tensor) -> torch.Tensor:
         """Token sizes after the layer: destinations grow by the sizes merged into them on the
@@ -91,26 +137,31 @@ class ReductionPlan:
     def _source_weights(self, sizes: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
         return torch.where(merge, sizes.gather(1, self.src), torch.zeros((), dtype=sizes.dtype, device=sizes.device))
 
-    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
+    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor, merges: bool) -> torch.Tensor:
         out = self._gather(x)  # [B, N', D]
-        if not bool(merge.any()):
+        if not merges:
             return out
         # Size-weighted mean of each destination and the sources merged into it, with the sizes as
-        # they were before this layer. Only the destination rows are touched (O(r·D), not O(N·D)), so
-        # every other token keeps its exact bits.
+        # they were before this layer, in float32. Every slot takes part (weight 0 where the source is
+        # not merged on this branch), so no step waits on the GPU for a count. Only destination rows
+        # are rewritten: a row no source merges into keeps its exact bits.
         B, N, D = x.shape
+        Np = out.shape[1]
         batch = torch.arange(B, device=x.device)[:, None]
-        src_rows = (self.src + batch * N)[merge]  # [M] flat rows of x
-        dst_rows = (self.new_index.gather(1, self.dst) + batch * out.shape[1])[merge]  # [M] flat rows of out
-        w_src = sizes.gather(1, self.src)[merge]  # [M]
-        rows, slot = torch.unique(dst_rows, return_inverse=True)  # each destination once
-        x_src = x.reshape(B * N, D).index_select(0, src_rows).float() * w_src[:, None]
-        num = torch.zeros(len(rows), D, device=x.device).index_add_(0, slot, x_src)  # [U, D]
-        den = torch.zeros(len(rows), device=x.device).index_add_(0, slot, w_src.float())  # [U]
-        w_dst = self._gather(sizes).reshape(-1)[rows].float()  # [U]
-        out_rows = out.view(B * out.shape[1], D)
-        merged = (out_rows[rows].float() * w_dst[:, None] + num) / (w_dst + den)[:, None]
-        out_rows[rows] = merged.to(out.dtype)
+        w_src = torch.where(merge, sizes.gather(1, self.src), 0.0).reshape(-1).float()  # [B*R]
+        src_rows = (self.src + batch * N).reshape(-1)  # [B*R] rows of x
+        # a padding slot's destination may be a removed token (index -1): any row will do, weight 0
+        dst_rows = (self.new_index.gather(1, self.dst).clamp(min=0) + batch * Np).reshape(-1)  # [B*R] rows of out
+        x_src = x.reshape(B * N, D).index_select(0, src_rows).float() * w_src[:, None]  # [B*R, D]
+        num = torch.zeros(B * Np, D, device=x.device).index_add_(0, dst_rows, x_src)  # [B*N', D]
+        den = torch.zeros(B * Np, device=x.device).index_add_(0, dst_rows, w_src)  # [B*N']
+        w_dst = self._gather(sizes).reshape(-1).float()  # [B*N']
+        out_rows = out.view(B * Np, D)
+        current = out_rows.index_select(0, dst_rows)  # [B*R, D]
+        w_d, d_in = w_dst[dst_rows], den[dst_rows]  # [B*R]
+        merged = (current.float() * w_d[:, None] + num.index_select(0, dst_rows)) / (w_d + d_in)[:, None]
+        # several slots may name one row: each computes the same value, so the write order is moot
+        out_rows.index_copy_(0, dst_rows, torch.where((d_in > 0)[:, None], merged.to(out.dtype), current))
         return out
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
@@ -120,8 +171,8 @@ class ReductionPlan:
         B, N, D = t.shape
         flat = (self.keep + torch.arange(B, device=t.device)[:, None] * N).reshape(-1)
         out = t.reshape(B * N, D).index_select(0, flat).view(B, -1, D)  # row copies, faster than gather
-        if not bool(self.keep_valid.all()):
-            out[~self.keep_valid] = 0
+        if self.ragged:
+            out.masked_fill_(~self.keep_valid[..., None], 0)
         return out
 
 
@@ -144,6 +195,9 @@ def _finish(
     merge_residual: torch.Tensor,
     lengths: torch.Tensor,
     N: int,
+    counts: RowCounts,
+    hidden_merges: bool,
+    residual_merges: bool,
 ) -> ReductionPlan:
     """Survivors: every real token that is not a source, in original order."""
     B = lengths.shape[0]
@@ -151,7 +205,7 @@ def _finish(
     removed = torch.zeros(B, N, dtype=torch.int32, device=lengths.device).scatter_add_(1, src, valid.int()) > 0
     survivor = _arange_mask(lengths, N) & ~removed
     new_lengths = lengths - valid.sum(1)
-    width = int(new_lengths.max()) if B else 0
+    width = max(counts.new_lengths, default=0)
     return ReductionPlan(
         src=src,
         dst=dst,
@@ -162,6 +216,9 @@ def _finish(
         keep_valid=_arange_mask(new_lengths, width),
         new_lengths=new_lengths,
         new_index=survivor.cumsum(1) - 1,
+        hidden_merges=hidden_merges,
+        residual_merges=residual_merges,
+        ragged=min(counts.new_lengths, default=0) < width,
     )
 
 
@@ -207,18 +264,24 @@ def utrc_plan(
     prune_share: float = 0.5,
     hidden_strategy: str = "hybrid",
     residual_strategy: str = "merge",
+    counts: RowCounts | None = None,
 ) -> ReductionPlan:
     """UTRC (SPEC §1 steps 1-7).
 
     scores [B, N] float32, features [B, N, C], lengths [B] real tokens, protect [B] protected suffix.
+    counts: the same lengths on the host (`RowCounts.of(lengths, protect, keep)`, computed here if
+    not given, at the cost of one read of the GPU).
     """
     B, N = scores.shape
+    counts = counts or RowCounts.of(lengths, protect, keep)
     prefix = (lengths - protect).clamp(min=0)  # [B]
     r = removal_counts(prefix, keep)  # [B]
     a_count = prefix // 2
-    R, A_max, B_max = int(r.max()), int(a_count.max()), int((prefix - a_count).max())
+    R = counts.R
+    A_max = max((p // 2 for p in counts.prefix), default=0)
+    B_max = max((p - p // 2 for p in counts.prefix), default=0)
     if R == 0:
-        return _no_reduction(lengths, N)
+        return _no_reduction(lengths, N, counts)
 
     # 3. classify: order the prefix by (score, position); the first floor(P/2) are A
     in_prefix = _arange_mask(prefix, N)
@@ -250,35 +313,44 @@ def utrc_plan(
         _strategy_mask(residual_strategy, pruned),
         lengths,
         N,
+        counts,
+        counts.merges(hidden_strategy, prune_share),
+        counts.merges(residual_strategy, prune_share),
     )
 
 
-def evit_plan(scores: torch.Tensor, lengths: torch.Tensor, protect: torch.Tensor, keep: float) -> ReductionPlan:
+def evit_plan(
+    scores: torch.Tensor, lengths: torch.Tensor, protect: torch.Tensor, keep: float, counts: RowCounts | None = None
+) -> ReductionPlan:
     """EViT-style pruning: drop the r lowest-score prefix tokens (ties: position) from both branches."""
     B, N = scores.shape
+    counts = counts or RowCounts.of(lengths, protect, keep)
     prefix = (lengths - protect).clamp(min=0)
     r = removal_counts(prefix, keep)
-    R = int(r.max())
+    R = counts.R
     if R == 0:
-        return _no_reduction(lengths, N)
+        return _no_reduction(lengths, N, counts)
     in_prefix = _arange_mask(prefix, N)
     order = torch.sort(scores.masked_fill(~in_prefix, float("inf")), dim=1, stable=True).indices
     valid = _arange_mask(r, R)
     src = order[:, :R].masked_fill(~valid, 0)
     never = torch.zeros_like(valid)
-    return _finish(src, torch.zeros_like(src), valid, never, never, lengths, N)
+    return _finish(src, torch.zeros_like(src), valid, never, never, lengths, N, counts, False, False)
 
 
-def tome_plan(features: torch.Tensor, lengths: torch.Tensor, protect: torch.Tensor, keep: float) -> ReductionPlan:
+def tome_plan(
+    features: torch.Tensor, lengths: torch.Tensor, protect: torch.Tensor, keep: float, counts: RowCounts | None = None
+) -> ReductionPlan:
     """ToMe / PuMer bipartite merging: A = even indices of the current prefix, Bset = odd ones; the r
     best-matching A tokens are merged into their partners on both branches."""
     B, N = features.shape[:2]
+    counts = counts or RowCounts.of(lengths, protect, keep)
     prefix = (lengths - protect).clamp(min=0)
     r = removal_counts(prefix, keep)
-    R = int(r.max())
+    R = counts.R
     if R == 0:
-        return _no_reduction(lengths, N)
-    P_max = int(prefix.max())
+        return _no_reduction(lengths, N, counts)
+    P_max = max(counts.prefix)
     device = features.device
     a_idx = torch.arange(0, P_max, 2, device=device).expand(B, -1)  # [B, ceil(P/2)]
     b_idx = torch.arange(1, P_max, 2, device=device).expand(B, -1)  # [B, floor(P/2)]
@@ -289,11 +361,11 @@ def tome_plan(features: torch.Tensor, lengths: torch.Tensor, protect: torch.Tens
     valid = _arange_mask(r, R)
     src = a_idx.gather(1, chosen).masked_fill(~valid, 0)
     dst = dst_of_a.gather(1, chosen).masked_fill(~valid, 0)
-    return _finish(src, dst, valid, valid, valid, lengths, N)
+    return _finish(src, dst, valid, valid, valid, lengths, N, counts, True, True)
 
 
-def _no_reduction(lengths: torch.Tensor, N: int) -> ReductionPlan:
+def _no_reduction(lengths: torch.Tensor, N: int, counts: RowCounts) -> ReductionPlan:
     B = lengths.shape[0]
     empty = torch.zeros(B, 0, dtype=torch.int64, device=lengths.device)
     none = torch.zeros(B, 0, dtype=torch.bool, device=lengths.device)
-    return _finish(empty, empty, none, none, none, lengths, N)
+    return _finish(empty, empty, none, none, none, lengths, N, counts, False, False)

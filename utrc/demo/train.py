@@ -216,7 +216,11 @@ def main(argv=None) -> None:
     t0 = time.time()
     t_timing = None
     loss_sum, tokens, step = 0.0, 0, 0
-    model.train()
+    # The mixers stay in eval mode while training: they have no dropout or batch norm, and in train
+    # mode transformers switches to mamba_ssm's fused mamba_inner_fn / split-conv1d kernels, which
+    # need causal-conv1d's CUDA extension (not built on the GPU machine). In eval mode the kernels
+    # that mamba_ssm alone provides (selective scan, SSD chunk scan) run, with autograd.
+    model.eval()
     for batch in loader:
         if total is not None and step >= total:
             break
@@ -243,9 +247,7 @@ def main(argv=None) -> None:
                 f"{tokens} tokens, {time.time() - t0:.0f} s")  # fmt: skip
             loss_sum = 0.0
         if total is not None and a.eval_every and step % a.eval_every == 0 and step < total:
-            model.eval()
             res = score_suite(model, tokenizer, "dev", limit=a.eval_limit, batch_size=64)
-            model.train()
             log(f"step {step}: dev ({a.eval_limit} items per task) " + _summary(res))
             save(model, tokenizer, out)  # a run cut short keeps its last evaluated weights
     log(f"trained {step} steps, {tokens} tokens in {time.time() - t0:.0f} s")
