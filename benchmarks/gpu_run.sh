@@ -7,7 +7,8 @@
 #   pip download --no-deps transformers==5.24.0 -d gpu-carry/wheels
 # then run:  bash benchmarks/gpu_run.sh "$OUT" [consistency] [mamba2] [mamba]
 # mamba_ssm is built on the first call (benchmarks/gpu_mamba_ssm.sh; pass WHEEL_OUT=$OUT/w to get
-# the wheel back in parts for later calls). Everything else comes back as $OUT/gpu-run.tar.gz.
+# the wheel back in parts for later calls). Everything else comes back as $OUT/gpu-run.tar.gz:
+# gpu.txt, consistency.json, profile-*.json and tables.md (the tables of docs/benchmarks.md).
 set -uo pipefail
 out=${1:?output folder}; shift
 what=${*:-consistency mamba2 mamba}
@@ -24,4 +25,8 @@ for w in $what; do
     mamba) timeout ${PROFILE_S:-600} python3 -m utrc.profile --shape state-spaces/mamba-2.8b $policies --repeats ${REPEATS:-5} ${PROFILE_ARGS:-} --out "$res/profile-mamba-2.8b.json" ;;
   esac
 done
+# the markdown tables of docs/benchmarks.md, from the results just written
+if compgen -G "$res/profile-*.json" >/dev/null; then
+  python3 benchmarks/profile_table.py "$res"/profile-*.json | tee "$res/tables.md"
+fi
 tar czf "$out/gpu-run.tar.gz" -C "$res" .

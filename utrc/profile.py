@@ -2,7 +2,9 @@
 
 Dense and every policy run in one process on the same inputs, so ratios compare like with like.
 On a GPU: `torch.cuda.max_memory_allocated` around one prefill (minus what was held before),
-CUDA events, warm-up, medians. Without a GPU: wall time and resident-memory growth on the CPU,
+CUDA events, warm-up, medians; decode steps replayed from one CUDA graph (`_GraphDecoder`);
+`--trace` adds each prefill's GPU time by kernel. Dense runs through the same layer loop as the
+policies with nothing to reduce. Without a GPU: wall time and resident-memory growth on the CPU,
 labelled as such.
 
     python -m utrc.profile --shape state-spaces/mamba2-2.7b --policy paper:0.1 --policy evit:0.3 \\
