@@ -117,7 +117,7 @@ def _peak_memory(fn, device: torch.device) -> float:
 
 
 def _runners(model, policy: Policy | None, decoder: "_GraphDecoder | None" = None):
-    """(prefill all logits, prefill last logits, generate n tokens) for dense (None) or a policy.
+    """(prefill(x, last), generate(x, n), prefill_into_cache(x)) for dense (None) or a policy.
     Generation: a (reduced) prefill fills a fresh cache; the decode steps run through `decoder`
     (one CUDA graph per step) when given, else eagerly. Decoding is never reduced (SPEC §1)."""
     from transformers import DynamicCache
@@ -200,6 +200,7 @@ def _graph_decode_check(model, decoder: _GraphDecoder, prefill_into_cache, x, st
     for _ in range(steps):
         t = model(input_ids=t[:, None], cache=cache, use_cache=True).logits[:, -1].argmax(-1)
         eager.append(t)
+    # the same replay as `_GraphDecoder.run`, one step at a time (the code measured on the H100)
     cache, token = prefill_into_cache(x)
     _copy_cache_states(decoder.cache, cache)
     decoder.token.copy_(token[:, None])

@@ -148,7 +148,7 @@ class ReductionPlan:
         B, N, D = x.shape
         Np = out.shape[1]
         batch = torch.arange(B, device=x.device)[:, None]
-        w_src = torch.where(merge, sizes.gather(1, self.src), 0.0).reshape(-1).float()  # [B*R]
+        w_src = self._source_weights(sizes, merge).reshape(-1).float()  # [B*R]
         src_rows = (self.src + batch * N).reshape(-1)  # [B*R] rows of x
         # a padding slot's destination may be a removed token (index -1): any row will do, weight 0
         dst_rows = (self.new_index.gather(1, self.dst).clamp(min=0) + batch * Np).reshape(-1)  # [B*R] rows of out
@@ -252,6 +252,14 @@ def _strategy_mask(strategy: str, pruned: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
+def _layer_counts(lengths, protect, keep, counts):
+    """(host counts, prefix [B], r [B]): each row's reducible prefix and removal count on the
+    device, and the same numbers on the host (computed from the device ones if not given)."""
+    counts = counts or RowCounts.of(lengths, protect, keep)
+    prefix = (lengths - protect).clamp(min=0)
+    return counts, prefix, removal_counts(prefix, keep)
+
+
 # --- the three matchers -----------------------------------------------------------------------
 
 
@@ -273,9 +281,7 @@ def utrc_plan(
     not given, at the cost of one read of the GPU).
     """
     B, N = scores.shape
-    counts = counts or RowCounts.of(lengths, protect, keep)
-    prefix = (lengths - protect).clamp(min=0)  # [B]
-    r = removal_counts(prefix, keep)  # [B]
+    counts, prefix, r = _layer_counts(lengths, protect, keep, counts)  # prefix, r: [B]
     a_count = prefix // 2
     R = counts.R
     A_max = max((p // 2 for p in counts.prefix), default=0)
@@ -324,9 +330,7 @@ def evit_plan(
 ) -> ReductionPlan:
     """EViT-style pruning: drop the r lowest-score prefix tokens (ties: position) from both branches."""
     B, N = scores.shape
-    counts = counts or RowCounts.of(lengths, protect, keep)
-    prefix = (lengths - protect).clamp(min=0)
-    r = removal_counts(prefix, keep)
+    counts, prefix, r = _layer_counts(lengths, protect, keep, counts)
     R = counts.R
     if R == 0:
         return _no_reduction(lengths, N, counts)
@@ -344,9 +348,7 @@ def tome_plan(
     """ToMe / PuMer bipartite merging: A = even indices of the current prefix, Bset = odd ones; the r
     best-matching A tokens are merged into their partners on both branches."""
     B, N = features.shape[:2]
-    counts = counts or RowCounts.of(lengths, protect, keep)
-    prefix = (lengths - protect).clamp(min=0)
-    r = removal_counts(prefix, keep)
+    counts, prefix, r = _layer_counts(lengths, protect, keep, counts)
     R = counts.R
     if R == 0:
         return _no_reduction(lengths, N, counts)
