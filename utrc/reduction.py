@@ -108,9 +108,9 @@ class ReductionPlan:
     keep_valid: torch.Tensor
     new_lengths: torch.Tensor
     new_index: torch.Tensor
-    hidden_merges: bool = True
-    residual_merges: bool = True
-    ragged: bool = True
+    hidden_merges: bool
+    residual_merges: bool
+    ragged: bool
 
     @property
     def removed(self) -> torch.Tensor:  # [B]
