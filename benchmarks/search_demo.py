@@ -44,6 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `search` is run from the repository root, not installed
 
+from utrc.io import atomic_write_json  # noqa: E402
+
 MODEL = "demo:mamba2"
 MODEL_FILE = REPO / "utrc" / "demo" / "models" / "mamba2" / "model.safetensors"
 BUDGETS = ("0.1", "0.2", "0.3")
@@ -357,10 +359,7 @@ def bootstrap_lines(accuracy: dict) -> str:
 
 
 def write_json(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, doc, indent=1)
 
 
 def percent(budget: str) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from utrc.io import atomic_write_text
+
 from . import page, svg
 from .data import ReportError, load_run, read_manifest
 
@@ -49,7 +51,7 @@ def render_page(manifest_path: str | Path, out: str | Path, root: str | Path | N
     context = page.model_page(run, out.parent)
     html = environment().get_template("model.html.j2").render(
         title=f"UTRC policies: {run.ref}", generated=_now(), **context)
-    _write(out, html)
+    atomic_write_text(out, html)
     return out
 
 
@@ -73,15 +75,8 @@ def render_index(manifests: list[str | Path], out: str | Path, root: str | Path 
                                                          "each budget. Accuracies are only comparable within a model.")
     html = environment().get_template("index.html.j2").render(title="UTRC policies: index", generated=_now(),
                                                               entries=entries, chart=chart)
-    _write(out, html)
+    atomic_write_text(out, html)
     return out
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _now() -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy
+from utrc.io import atomic_write_json
 from utrc.policy import IMPORTANCE_METRICS
 from utrc.reduction import importance_scores
 
@@ -167,9 +168,7 @@ def save(cal: Calibration, table_path: str | Path, summary_path: str | Path) -> 
     else:
         raise CalibrationError(f"table file {table_path}: expected a .parquet or .csv suffix")
     summary = dict(cal.summary, table={"path": table_path.name, "sha256": provenance.file_hash(table_path)})
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(summary_path)
+    atomic_write_json(summary_path, summary)
 
 
 def load_summary(path: str | Path) -> dict:

@@ -35,6 +35,7 @@ import transformers
 from . import __version__
 from .demo import REPORTED_METRIC
 from .flops import estimate_flops
+from .io import atomic_write_json
 from .policy import Policy
 from .shapes import ModelShape
 
@@ -312,12 +313,7 @@ def write_results(doc: Mapping, path: str | Path) -> Path:
     """Write a results document as JSON (atomically: a reader never sees half a file)."""
     if doc.get("format") != FORMAT:
         raise ValueError(f"format: expected {FORMAT!r}, got {doc.get('format')!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, doc, allow_nan=True)
 
 
 def read_results(path: str | Path) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .io import atomic_write_json
 from .shapes import ARCHITECTURES, ModelShape
 
 FORMAT = "utrc-policy/1"
@@ -187,12 +188,7 @@ class Policy:
         return d
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)  # atomic: a reader never sees half a policy
-        return path
+        return atomic_write_json(path, self.to_dict())  # a reader never sees half a policy
 
     # --- queries ------------------------------------------------------------------------------
     def reduction_layers(self) -> dict[int, tuple[float, float]]:

@@ -1,0 +1,73 @@
+"""Writing result files atomically, and the stamp that says what produced them.
+
+Every file utrc, the search, the workflow scripts and the report write goes through
+`atomic_write_text` / `atomic_write_json`: the text goes to a uniquely named temporary file in the
+destination's folder, is flushed to disk, and replaces the destination in one `os.replace`. A
+reader (or a process killed half-way) therefore sees the old file or the new one, never half of
+one, and no temporary file is left behind. Two writers of one path never share a temporary name.
+
+This module imports nothing heavy (no torch), so the report renderer can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["atomic_write_json", "atomic_write_text", "now", "stamp", "versions"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically (parent folders are created). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj, *, allow_nan: bool = False, indent: int | None = 2) -> Path:
+    """`obj` as JSON (sorted as given, a trailing newline), written atomically. NaN and infinity
+    are refused unless `allow_nan`: strict JSON readers (browsers, jq) reject them."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n")
+
+
+def now() -> str:
+    """The current UTC time, to the second, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_VERSIONED = ("utrc", "torch", "transformers", "mamba_ssm", "causal_conv1d", "lm_eval", "optuna", "snakemake")
+
+
+def versions() -> dict[str, str]:
+    """Python's version and that of every package in `_VERSIONED` this process has imported.
+    Imports nothing itself, so asking never loads a package the caller did not use."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None)
+        if version is not None:
+            out[name] = str(version)
+    return out
+
+
+def stamp() -> dict:
+    """{"date": ..., "versions": {...}}: what every result file records about its making."""
+    return {"date": now(), "versions": versions()}
