@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import tiny_model
 from utrc.flops import (
     block_flops,
     estimate_flops,
@@ -16,7 +16,6 @@ from utrc.flops import (
     head_flops,
     linear_flops,
     reduction_flops,
-    solve_keep,
     token_schedule,
 )
 from utrc.policy import LayerSpec, ModelSpec, Policy, PolicyError, paper_layers, with_layers
@@ -157,23 +156,6 @@ def test_estimate_from_model_and_fit_check():
     assert estimate_flops(model, policy, seq_len=64) == estimate_flops(shape, policy, seq_len=64)
     with pytest.raises(PolicyError):
         estimate_flops(MAMBA2_27B, policy)
-
-
-def test_solve_keep():
-    layers = paper_layers(64)
-    for metric in ("reduction", "token_fraction_proxy"):
-        for target in (0.10, 0.20, 0.30):
-            keep = solve_keep(MAMBA2_27B, layers, target, metric=metric)
-            assert 0.5 <= keep < 1.0
-            got = estimate_flops(MAMBA2_27B, Policy.paper(ModelSpec.of(MAMBA2_27B), keep))[metric]
-            assert abs(got - target) < 0.001, (metric, target, keep, got)
-    # a base policy's method and options are kept
-    tome = Policy(method="tome", model=ModelSpec.of(MAMBA2_27B))
-    keep = solve_keep(MAMBA2_27B, layers, 0.2, base_policy=tome)
-    assert abs(estimate_flops(MAMBA2_27B, with_layers(tome, {l: keep for l in layers}))["reduction"] - 0.2) < 0.001
-    assert solve_keep(MAMBA2_27B, layers, 0.0) == 1.0
-    with pytest.raises(ValueError, match="maximum reachable"):
-        solve_keep(MAMBA2_27B, layers, 0.95)
 
 
 def test_cli_prints_paper_proxy():
