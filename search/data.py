@@ -2,8 +2,8 @@
 
 A *text spec* names where the text comes from:
 
-* ``"demo"`` or ``"demo:COUNT"``: ``utrc.demo.calibration_texts(COUNT, seed)`` (COUNT defaults to
-  ``DEMO_POOL``), the demo generator's text;
+* ``"demo"`` or ``"demo:COUNT"``: ``demo.calibration_texts(COUNT, seed)`` (COUNT defaults to
+  ``DEMO_POOL``), the text of the repository's demo generator;
 * a path to a local file: ``.txt`` (the whole file is one text), ``.jsonl`` (one JSON object per
   line with a ``"text"`` field) or ``.json`` (a list of strings);
 * ``"hf:NAME[:CONFIG[:SPLIT]]"``: a Hugging Face dataset through ``datasets.load_dataset``
@@ -39,7 +39,7 @@ def load_documents(spec: str, seed: int | None = None) -> list[str]:
     """
     if spec == "demo" or spec.startswith("demo:"):
         count = DEMO_POOL if spec == "demo" else _positive_int(spec[len("demo:") :], spec)
-        from utrc import demo  # the demo package is optional for real models
+        import demo  # the repository's demo generator, needed for this text only
 
         docs = list(demo.calibration_texts(count) if seed is None else demo.calibration_texts(count, seed))
     elif spec.startswith("hf:"):

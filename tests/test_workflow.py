@@ -81,7 +81,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    from utrc.demo.tokenizer import build_tokenizer
+    from demo.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Mamba2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, expand=2, head_dim=16,
