@@ -28,8 +28,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utrc.names import RUNS
+
 MANIFEST_FORMAT = "utrc-report-manifest/1"
-METHODS = ("dense", "tome", "evit", "utrc-paper", "utrc-searched")  # table order, as the paper's tables
+METHODS = RUNS  # table order, as the paper's tables
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 

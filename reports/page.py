@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from utrc.names import BENCHMARKS
+
 from . import svg
 from .data import METHODS, Run, paper_reference
 
@@ -24,12 +26,11 @@ LABELS = {
 COLORS = {"dense": "#555555", "tome": "#EE7733", "evit": "#009988", "utrc-paper": "#0077BB", "utrc-searched": "#CC3311"}
 MARKERS = {"dense": "circle", "tome": "diamond", "evit": "square", "utrc-paper": "circle", "utrc-searched": "star"}
 
-# The six benchmarks in the paper's column order, with their demo stand-ins.
-TASK_ORDER = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
+# The six benchmarks in the paper's column order (utrc.names), with their demo stand-ins.
+TASK_ORDER = tuple(BENCHMARKS)
 TASK_LABELS = {"lambada_openai": "LAMBADA", "hellaswag": "HellaSwag", "piqa": "PIQA", "arc_easy": "ARC-e",
                "arc_challenge": "ARC-c", "winogrande": "WinoGrande"}
 DEMO_PREFIX = "demo_"
-PAPER_METHODS = {"dense": "dense", "pumer": "tome", "evit": "evit", "utrc": "utrc-paper"}
 
 
 def budget_label(budget: float) -> str:
@@ -241,8 +242,8 @@ def search_charts(run: Run) -> list:
         done = [r for r in rows if r.get("state") == "COMPLETE" and r.get("quality_loss") is not None]
         if not done:
             continue
-        sampled = [r for r in done if r.get("origin") != "paper"]
-        paper = [r for r in done if r.get("origin") == "paper"]
+        sampled = [r for r in done if r.get("origin") != "utrc-paper"]
+        paper = [r for r in done if r.get("origin") == "utrc-paper"]
         best = min(done, key=lambda r: (r["quality_loss"], r["number"]))
 
         def tip(r, name=name):
@@ -362,10 +363,10 @@ def paper_section(run: Run) -> dict | None:
     ref = paper_reference(run.ref)
     if ref is None:
         return None
-    rows = sorted(ref["results"], key=lambda r: (r["flops_reduction"], list(PAPER_METHODS).index(r["method"])))
+    rows = sorted(ref["results"], key=lambda r: (r["flops_reduction"], METHODS.index(r["method"])))
     series = []
-    for pm, m in PAPER_METHODS.items():
-        pts = [r for r in rows if r["method"] == pm]
+    for m in METHODS:
+        pts = [r for r in rows if r["method"] == m]
         dense = [r for r in rows if r["method"] == "dense"]
         if m == "dense" or not pts:
             continue
@@ -380,10 +381,8 @@ def paper_section(run: Run) -> dict | None:
                          caption="Tables 1-2 of Zhan et al. (EMNLP 2024), produced with the authors' released evaluation "
                                  "code, which scores shifted positions: not comparable with the numbers above.")
     for r in rows:
-        r["label"] = LABELS[PAPER_METHODS[r["method"]]]
-    return {"rows": rows, "efficiency": ref["efficiency"], "chart": chart,
-            "tasks": [("lambada_openai", "LAMBADA"), ("hellaswag", "HellaSwag"), ("piqa", "PIQA"), ("arc_easy", "ARC-e"),
-                      ("arc_challenge", "ARC-c"), ("winogrande", "WinoGrande")]}
+        r["label"] = LABELS[r["method"]]
+    return {"rows": rows, "efficiency": ref["efficiency"], "chart": chart, "tasks": list(TASK_LABELS.items())}
 
 
 # --- policies, settings, versions ---------------------------------------------------------------------

@@ -30,24 +30,23 @@ PAPER_METRICS = {**BENCHMARKS, **{demo: BENCHMARKS[name] for demo, name in DEMO_
 PAPER_EXTRA_METRICS = {"lambada_openai": ("perplexity",), "demo_lambada": ("perplexity",)}
 
 
-def budget_tag(reduction: float) -> str:
-    """0.3 -> "0.3", 0.125 -> "0.125": a budget as file and study names carry it."""
-    return f"{round(float(reduction), 6):g}"
+def budget_tag(budget: float | str) -> str:
+    """0.3 -> "0.3", 0.125 -> "0.125": a budget as file and study names carry it. A string is taken
+    as a tag already (the workflow passes tags and its "{budget}" wildcard)."""
+    return budget if isinstance(budget, str) else f"{round(float(budget), 6):g}"
 
 
-def policy_path(model: str, run: str, reduction: float) -> str:
+def policy_path(model: str, run: str, budget: float | str) -> str:
     """Where the policy file of (model, run, budget) lives, relative to the model's results folder:
     policies/demo-mamba2_utrc-searched_flops0.3.json. The name alone says what the file is."""
-    if run not in POLICY_RUNS:
-        raise ValueError(f"run: expected one of {POLICY_RUNS} (dense needs no policy file), got {run!r}")
-    return f"policies/{model}_{run}_flops{budget_tag(reduction)}.json"
+    return f"policies/{model}_{run}_flops{budget_tag(budget)}.json"
 
 
-def seed_dir(reduction: float, seed: int) -> str:
+def seed_dir(budget: float | str, seed: int | str) -> str:
     """The folder of one search seed's study and tables, relative to the model's results folder."""
-    return f"search/flops{budget_tag(reduction)}/seed{seed}"
+    return f"search/flops{budget_tag(budget)}/seed{seed}"
 
 
-def seed_policy_path(model: str, reduction: float, seed: int) -> str:
+def seed_policy_path(model: str, budget: float | str, seed: int | str) -> str:
     """The best policy of one search seed (written when a budget is searched with several seeds)."""
-    return f"{seed_dir(reduction, seed)}/{model}_utrc-searched_flops{budget_tag(reduction)}.json"
+    return f"{seed_dir(budget, seed)}/{model}_utrc-searched_flops{budget_tag(budget)}.json"

@@ -1,6 +1,6 @@
-# One self-contained HTML page per model (python -m reports.render page) and an index of them.
-# The page reads only the files listed in its manifest (written beside the results), never a glob,
-# so results of budgets no longer configured do not leak into it.
+# One self-contained HTML page per model (reports.render) and an index of them. The page reads only
+# the files listed in its manifest (written beside the results), never a glob, so results of budgets
+# no longer configured do not leak into it.
 
 
 rule report:
@@ -8,9 +8,9 @@ rule report:
         lambda wc: flat_files(model_outputs(wc.model)),
     output:
         page=REPORTS + "/{model,(?!index\\.html$)[A-Za-z0-9][A-Za-z0-9._-]*}.html",  # index.html is the index's
-        manifest=R + "/{model}/report-manifest.json",
+        manifest=f"{R}/{{model}}/report-manifest.json",
     log:
-        R + "/{model}/logs/report.log",
+        log_file("{model}", "report"),
     params:
         model=lambda wc: MODELS[wc.model],
         files=lambda wc: model_outputs(wc.model),
@@ -24,8 +24,8 @@ rule report_index:
         manifests=[f"{R}/{m}/report-manifest.json" for m in MODELS],
         pages=[report_page(m) for m in MODELS],
     output:
-        REPORTS + "/index.html",
+        f"{REPORTS}/index.html",
     log:
-        R + "/logs/report-index.log",
-    script:
-        "../scripts/report_index.py"
+        f"{R}/logs/report-index.log",
+    shell:
+        "{PYTHON} -m reports.render index --out {output} {input.manifests} > {log} 2>&1"
