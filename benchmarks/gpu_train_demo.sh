@@ -21,7 +21,7 @@ pids=()
 for run in "$@"; do
   name=${run%%:*}; args=${run#*:}
   # shellcheck disable=SC2086
-  timeout "$limit" python3 -m utrc.demo.train --out "$runs/$name" --minutes "$minutes" --workers 2 $args \
+  timeout "$limit" python3 -m demo.train --out "$runs/$name" --minutes "$minutes" --workers 2 $args \
     >"$runs/$name.stdout" 2>&1 &
   pids+=($!)
 done

@@ -5,7 +5,7 @@ Every word the generator can write comes from this module, so the tokenizer's vo
 lower-case and separated by single spaces; punctuation is its own word (" ." " ," " ?" " :").
 
 Changing any list or template changes the generated data and the trained models' inputs: bump
-`world.GENERATOR_VERSION` and retrain (python -m utrc.demo.train).
+`world.GENERATOR_VERSION` and retrain (python -m demo.train).
 """
 
 from __future__ import annotations

@@ -82,17 +82,6 @@ def windows(stream: torch.Tensor, n: int, length: int, part: str = "head") -> to
     raise ValueError(f"part: expected 'head' or 'tail', got {part!r}")
 
 
-def split_windows(stream: torch.Tensor, calib: tuple[int, int], dev: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Calibration windows (head) and dev windows (tail) that share no token; `calib`/`dev` are (n, length)."""
-    need = calib[0] * calib[1] + dev[0] * dev[1]
-    if stream.numel() < need:
-        raise DataError(
-            f"calibration text too short for {calib[0]}x{calib[1]} calibration and {dev[0]}x{dev[1]} dev tokens "
-            f"({need} in all, disjoint): the text has {stream.numel()}"
-        )
-    return windows(stream, *calib, part="head"), windows(stream, *dev, part="tail")
-
-
 def document_rows(documents: list[str], tokenizer, n: int, max_len: int, part: str = "tail",
                   pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` whole documents as right-padded rows, shortest first -> (ids [n, L], lengths [n]).

@@ -173,11 +173,9 @@ def test_bad_split_is_refused(cache):
 
 
 def test_task_manager_builds_lm_eval_requests(cache):
-    from lm_eval.tasks import get_task_dict
-
     tm = tasks.task_manager("dev", n_items=3)
     assert set(tasks.TASKS) <= set(tm.all_tasks)
-    task_dict = get_task_dict(list(tasks.TASKS), tm)
+    task_dict = tm.load(list(tasks.TASKS))["tasks"]
     for name in tasks.TASKS:
         task = task_dict[name]
         task.build_all_requests(limit=2, rank=0, world_size=1)

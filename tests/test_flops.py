@@ -16,9 +16,8 @@ from utrc.flops import (
     head_flops,
     linear_flops,
     reduction_flops,
-    token_schedule,
 )
-from utrc.policy import LayerSpec, ModelSpec, Policy, PolicyError, paper_layers, with_layers
+from utrc.policy import LayerSpec, ModelSpec, Policy, PolicyError, paper_layers
 from utrc.shapes import PAPER_SHAPES, ModelShape
 
 MAMBA2_27B = PAPER_SHAPES["state-spaces/mamba2-2.7b"]
@@ -112,9 +111,9 @@ def test_token_schedule_small_case():
     policy = Policy(method="utrc", model=ModelSpec.of(shape), layers={1: LayerSpec(0.5), 2: LayerSpec(0.8)})
     # after block 1: P = 20 - 3 = 17, r = min(8, 17 - ceil(8.5)) = 8 -> 12
     # after block 2: P = 12 - 3 = 9,  r = min(4, 9 - ceil(7.2)) = 1 -> 11
-    assert token_schedule(4, policy, 20, 3) == [20, 20, 12, 11]
-    assert token_schedule(4, Policy.dense(ModelSpec.of(shape)), 20, 3) == [20] * 4
-    assert token_schedule(4, policy, 3, 3) == [3] * 4  # everything protected
+    assert estimate_flops(shape, policy, 20, 3)["tokens_per_layer"] == [20, 20, 12, 11]
+    assert estimate_flops(shape, Policy.dense(ModelSpec.of(shape)), 20, 3)["tokens_per_layer"] == [20] * 4
+    assert estimate_flops(shape, policy, 3, 3)["tokens_per_layer"] == [3] * 4  # everything protected
 
     est = estimate_flops(shape, policy, seq_len=20, protect_last=3)
     width = feature_width(shape, policy)
@@ -144,7 +143,7 @@ def test_reduction_step_costs():
     assert feature_width(s, Policy.paper(ModelSpec.of(s), 0.9, importance_source="mixer_output")) == d
     # at the same keep, evit sees the same tokens and pays for scores only
     spec = ModelSpec.of(s)
-    evit = estimate_flops(s, with_layers(Policy(method="evit", model=spec), {l: 0.9 for l in paper_layers(64)}))
+    evit = estimate_flops(s, Policy(method="evit", model=spec, layers={l: LayerSpec(0.9) for l in paper_layers(64)}))
     full = estimate_flops(s, Policy.paper(spec, 0.9))
     assert evit["tokens_per_layer"] == full["tokens_per_layer"] and evit["reduced"] < full["reduced"]
 

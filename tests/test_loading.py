@@ -402,7 +402,7 @@ def test_missing_demo_files(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", ["mamba2", "mamba"])
 def test_demo_models_load_when_built(name):
     if not (loading.DEMO_DIR / name / "config.json").is_file():
-        pytest.skip("demo models not built yet (python -m utrc.demo.train)")
+        pytest.skip("demo models not built yet (python -m demo.train)")
     model, tok = load_model(f"demo:{name}")
     assert type(model) is CLASSES[name] and not model.training
     assert len(tok("hello world").input_ids) > 0

@@ -197,7 +197,9 @@ def feature_width(shape: ModelShape, policy: Policy) -> int:
 
 
 def _schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int):
-    """Tokens per block, plus (prefix, removed) of each reduction step that removes something."""
+    """Tokens each block processes for one row of `seq_len` tokens, plus (prefix, removed) of each
+    reduction step that removes something. Reduction at block l happens after block l's mixer, so it
+    shortens blocks l+1 onward."""
     layers = policy.reduction_layers()
     n, counts, steps = seq_len, [], []
     for l in range(n_layer):
@@ -209,14 +211,6 @@ def _schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int):
                 steps.append((prefix, r))
                 n -= r
     return counts, steps, n
-
-
-def token_schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int) -> list[int]:
-    """Tokens that each block processes for one row of `seq_len` tokens.
-
-    Reduction at block l happens after block l's mixer, so it shortens blocks l+1 onward.
-    """
-    return _schedule(n_layer, policy, seq_len, protect_last)[0]
 
 
 # --- the model ----------------------------------------------------------------------------------
