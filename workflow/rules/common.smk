@@ -9,10 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from utrc.names import POLICY_RUNS, budget_tag, policy_path, seed_dir, seed_policy_path
-
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from utrc.names import POLICY_RUNS, budget_tag, policy_path, seed_dir, seed_policy_path
 
 
 SCHEMA = "../schemas/config.schema.yaml"
@@ -134,7 +134,7 @@ shell.prefix("set -euo pipefail; export PYTHONPATH=" + shlex.quote(workflow.base
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     budget="[0-9]*\\.?[0-9]+",
-    run="tome|evit|utrc-paper|utrc-searched",
+    run="|".join(POLICY_RUNS),
     seed="[0-9]+",
     worker="[0-9]+",
 
