@@ -31,7 +31,7 @@ from utrc.evaluation import (
 )
 from utrc.flops import estimate_flops, realized_flops
 from utrc.lm_eval import UtrcLM, rows_at_positions
-from utrc.lm_eval.generation import greedy_generate
+from utrc.generation import greedy_generate
 
 DATA = Path(__file__).parent / "data" / "lm_eval"
 TASKS = [*BENCHMARKS, "wikitext"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_PAD_DT = -1e4  # softplus(-1e4 + bias) == 0.0 in float32
+PAD_DT = -1e4  # softplus(-1e4 + bias) == 0.0 in float32
 
 
 def scan_chunk(length: int) -> int:
@@ -62,7 +62,7 @@ def mamba1_mixer_forward(mixer, hidden_states: torch.Tensor, cache=None, selecti
     pad = -L % scan_chunk(L)
     if pad:
         x, z, B, C = (F.pad(t, (0, pad)) for t in (x, z, B, C))
-        dt = F.pad(dt, (0, pad), value=_PAD_DT)
+        dt = F.pad(dt, (0, pad), value=PAD_DT)
     out = selective_scan(
         x, dt, -torch.exp(mixer.A_log.float()), B, C, mixer.D.float(), z=z,
         delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True, return_last_state=cache is not None,
