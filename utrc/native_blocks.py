@@ -192,7 +192,7 @@ def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     exact at every real position, and for the final state a cache keeps.
 
     mixer: a mamba_ssm `Mamba`; u [B, L, D] the block's normed input; cache: InferenceParams or None
-    -> (output [B, L, D], SSM output [B, L, E]: the input of out_proj, a view)."""
+    -> (output [B, L, D], SSM output [B, L, E]: the input of out_proj)."""
     from causal_conv1d import causal_conv1d_fn
     from einops import rearrange
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -222,7 +222,9 @@ def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     if ssm_state is not None:
         y, last_state = y
         ssm_state.copy_(last_state)
-    y = rearrange(y[..., :L], "b d l -> b l d")  # [B, L, E], a view
+    # token-major and contiguous: out_proj would copy it so anyway, and the reduction step then reads
+    # the SSM output row by row instead of with a stride of L
+    y = rearrange(y[..., :L], "b d l -> b l d").contiguous()  # [B, L, E]
     return mixer.out_proj(y), y
 
 
