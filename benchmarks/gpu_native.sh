@@ -6,8 +6,9 @@
 #   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip download --no-deps --no-binary :all: \
 #       --no-build-isolation mamba-ssm==2.3.2.post1 -d gpu-carry
 #   pip download --no-deps transformers==5.24.0 -d gpu-carry/wheels
-# then run:  bash benchmarks/gpu_native.sh "$OUT" [tests] [agreement] [overhead] [quick] [mamba2] [mamba]
+# then run:  bash benchmarks/gpu_native.sh "$OUT" [tests] [agreement] [overhead] [quick] [mamba2] [mamba] [memory2]
 #   tests     tests/test_gpu_native.py (the GPU path against the CPU reference)
+#   memory2   the Mamba-2-2.7B shape again, peak memory and prefill only
 #   agreement benchmarks/gpu_agreement.py (the numbers behind the tests, for docs/benchmarks.md)
 #   overhead  benchmarks/reduction_overhead.py on both paper shapes, with per-operator GPU time
 #   mamba2 / mamba   python -m utrc.profile on the Mamba-2-2.7B / Mamba-2.8B shape: native dense, the
@@ -27,9 +28,9 @@ bash benchmarks/gpu_mamba_ssm.sh 2>&1 | tail -3
 [ -d /tmp/utrc-pylib/transformers ] || python3 -m pip install -q --no-deps --target /tmp/utrc-pylib gpu-carry/wheels/*.whl
 export PYTHONPATH=/tmp/utrc-pylib:$PWD
 python3 -c "import torch, transformers, mamba_ssm, causal_conv1d; print('torch', torch.__version__, 'transformers', transformers.__version__, 'mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)" | tee -a "$res/gpu.txt"
-policies() {  # $1: shape name as in benchmarks/policies
+policies() {  # $1: shape name as in benchmarks/policies; SEARCHED_BUDGETS: which searched-style files
   echo --policy utrc-paper:0.1 --policy utrc-paper:0.2 --policy utrc-paper:0.3 --policy evit:0.3 --policy tome:0.3
-  for b in 0.1 0.2 0.3; do echo --policy "benchmarks/policies/searched-style-$1-$b.json"; done
+  for b in ${SEARCHED_BUDGETS:-0.1 0.2 0.3}; do echo --policy "benchmarks/policies/searched-style-$1-$b.json"; done
 }
 for w in $what; do
   case $w in
@@ -42,6 +43,9 @@ for w in $what; do
         ${PROFILE_ARGS:-} --out "$res/profile-mamba2-2.7b-h200.json" ;;
     mamba) timeout $(left 560) python3 -m utrc.profile --shape state-spaces/mamba-2.8b $(policies mamba-2.8b) \
         ${PROFILE_ARGS:-} --out "$res/profile-mamba-2.8b-h200.json" ;;
+    memory2) timeout $(left 300) python3 -m utrc.profile --shape state-spaces/mamba2-2.7b --policy utrc-paper:0.1 \
+        --policy utrc-paper:0.2 --policy utrc-paper:0.3 --policy benchmarks/policies/searched-style-mamba2-2.7b-0.3.json \
+        --measure memory,prefill --no-transformers-reference --out "$res/memory-mamba2-2.7b-h200.json" ;;
     quick) timeout $(left 300) python3 -m utrc.profile --shape state-spaces/mamba2-2.7b --policy utrc-paper:0.3 \
         --policy benchmarks/policies/searched-style-mamba2-2.7b-0.3.json --measure prefill,generate --repeats 3 \
         --no-transformers-reference --trace --out "$res/quick-mamba2-2.7b.json" ;;
