@@ -34,6 +34,7 @@ def environment() -> Environment:
     env.filters["pct"] = page.pct
     env.filters["num"] = lambda v, fmt="{:.3g}": "–" if v is None else fmt.format(v)
     env.globals["inline"] = lambda name: Markup((TEMPLATES / name).read_text())  # our own CSS / JS, verbatim
+    env.globals["chip"] = lambda method: svg.swatch(page.COLORS[method], page.MARKERS[method], page.DASHES[method])
     return env
 
 

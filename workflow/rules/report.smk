@@ -1,6 +1,9 @@
 # One self-contained HTML page per model (python -m reports.render page) and an index of them.
 # The page reads only the files listed in its manifest (written beside the results), never a glob,
-# so results of budgets no longer configured do not leak into it.
+# so results of budgets no longer configured do not leak into it. The manifest also names each budget's
+# Optuna study (storage and name), which the page tells how to open in optuna-dashboard.
+
+from types import SimpleNamespace as Wildcards
 
 
 rule report:
@@ -14,6 +17,10 @@ rule report:
     params:
         model=lambda wc: MODELS[wc.model],
         files=lambda wc: model_outputs(wc.model),
+        studies=lambda wc: {
+            tag: {"storage": study_storage(Wildcards(model=wc.model, budget=tag)), "name": study_name(Wildcards(model=wc.model, budget=tag))}
+            for tag in MODELS[wc.model]["budgets"]
+        },
         config=config,
     script:
         "../scripts/report.py"
