@@ -184,7 +184,8 @@ def _row(run: Run, method: str, tag: str, budget: float | None, doc: dict | None
             row["average_stderr"] = math.sqrt(sum(e * e for e in stderrs)) / len(stderrs)
         row["nominal"] = doc.get("nominal", {}).get("reduction", row["nominal"])
         row["realized"] = realized_reduction(doc)
-        row["realized_by_task"] = {t: doc["tasks"][t].get("realized_flops_reduction") for t in tasks if t in doc["tasks"]}
+        row["realized_by_task"] = {t: doc["tasks"][t].get("realized_flops_reduction")
+                                   for t in tasks if t in doc["tasks"]}
         row["limit"] = doc.get("limit")
     if method == "dense":
         row["nominal"] = row["realized"] = 0.0
@@ -202,9 +203,9 @@ def _row(run: Run, method: str, tag: str, budget: float | None, doc: dict | None
 
 RULE = ("Per budget, among the policies evaluated on this page whose realized FLOPs reduction on the evaluated "
         "items meets the budget: the best average accuracy. Ties go to the larger realized reduction, then to the "
-        "first in the order " + "; ".join(LABELS[m] for m in PREFERENCE) + ". If no policy meets the budget on these items, "
-        "the best average among all of the budget's evaluated policies (each was made for the budget's nominal "
-        "reduction), and the box says so. Speed and memory are not part of the rule.")
+        "first in the order " + "; ".join(LABELS[m] for m in PREFERENCE) + ". If no policy meets the budget on "
+        "these items, the best average among all of the budget's evaluated policies (each was made for the budget's "
+        "nominal reduction), and the box says so. Speed and memory are not part of the rule.")
 
 
 def _rank(row: dict) -> tuple:
@@ -228,9 +229,10 @@ def recommendations(run: Run, table: dict, ref: str, device: str) -> list[dict]:
         pool = meets or sorted(scored, key=_rank)
         best = box["row"] = pool[0]
         if meets:
-            box["why"].append(f"Best average accuracy ({pct(best['average'])} %) of the {len(meets)} of {len(scored)} "
-                              f"evaluated policies whose realized FLOPs reduction meets {budget_label(budget)}; this one "
-                              f"realizes {pct(best['realized'])} % (nominal {pct(best['nominal'])} %).")
+            box["why"].append(f"Best average accuracy ({pct(best['average'])} %) of the {len(meets)} of "
+                              f"{len(scored)} evaluated policies whose realized FLOPs reduction meets "
+                              f"{budget_label(budget)}; this one realizes {pct(best['realized'])} % "
+                              f"(nominal {pct(best['nominal'])} %).")
         else:
             top = max(scored, key=lambda r: r["realized"] if r["realized"] is not None else -math.inf)
             box["warnings"].append(f"No policy's realized reduction reached {budget_label(budget)} on these items "
@@ -245,7 +247,8 @@ def recommendations(run: Run, table: dict, ref: str, device: str) -> list[dict]:
         left_out = [r for r in scored if meets and r not in meets]
         if left_out:
             box["why"].append("Left out, realized reduction below the budget: " + "; ".join(
-                f"{r['label']} ({pct(r['average'])} %, realized {pct(r['realized'])} %)" for r in sorted(left_out, key=_rank)))
+                f"{r['label']} ({pct(r['average'])} %, realized {pct(r['realized'])} %)"
+                for r in sorted(left_out, key=_rank)))
         if best["average_stderr"] is not None:
             items = [n for n in best["n_items"] if n]
             box["why"].append(f"Standard error of that average: {100 * best['average_stderr']:.1f} points (lm-eval's "
@@ -316,17 +319,21 @@ def accuracy_charts(run: Run, table: dict) -> list:
                 size=6 if m == "utrc-searched" else 5, width=2.5 if m == "utrc-searched" else 1.8,
                 tips=[f"{LABELS[m]}, {r['budget_label']} budget: average {pct(r['average'])} %, nominal reduction "
                       f"{pct(r['nominal'])} %, realized {pct(r['realized'])} %" for r in pts]))
-        hl = [svg.HLine(dense["average"], f"dense {pct(dense['average'])} %", COLORS["dense"], DASHES["dense"])] if dense else []
+        hl = ([svg.HLine(dense["average"], f"dense {pct(dense['average'])} %", COLORS["dense"], DASHES["dense"])]
+              if dense else [])
         caption = ("Up and to the right is better. Each point is one evaluated policy file, one per budget along each "
                    "line (budgets labelled at the top); the dashed grey line is the dense model.")
         if key == "realized":
-            caption = ("Up and to the right is better. Each point is one evaluated policy file, one per budget along each "
-                       "line; the dashed grey line is the dense model. " + (realized_vs_nominal(rows) or "")).strip()
-        notes = [svg.Note(b, budget_label(b)) for b in run.budgets.values()] if key == "nominal" else []
+            caption = ("Up and to the right is better. Each point is one evaluated policy file, one per budget "
+                       "along each line; the dashed grey line is the dense model. "
+                       + (realized_vs_nominal(rows) or "")).strip()
+        nominal = key == "nominal"  # points sit at the budgets: an axis from 0, the budgets labelled at the top
+        top = max([r[key] for s in series for r in rows if r[key] is not None] + list(run.budgets.values()))
         charts.append(svg.xy_chart(
             f"accuracy-{key}", series, title=f"Average accuracy against {what.split(' (')[0]}",
             x_label=what, y_label="average accuracy", x_format=svg.percent(), y_format=svg.percent(), hlines=hl,
-            notes=notes, caption=caption))
+            x_domain=(0.0, math.ceil(top * 1.1 * 20) / 20) if nominal else None,
+            notes=[svg.Note(b, budget_label(b)) for b in run.budgets.values()] if nominal else (), caption=caption))
     return charts
 
 
@@ -392,7 +399,8 @@ def search_charts(run: Run) -> list:
 
         def tip(r, name=name):
             return (f"{name} study, trial {r['number']} ({r.get('origin')}): dev KL {r['quality_loss']:.4g}, nominal "
-                    f"reduction {pct(r.get('nominal_reduction'), 2)} %, {r.get('importance')}/{r.get('importance_source')}")
+                    f"reduction {pct(r.get('nominal_reduction'), 2)} %, "
+                    f"{r.get('importance')}/{r.get('importance_source')}")
 
         def xy(rs, x):
             return [(r[x], r["quality_loss"]) for r in rs]
@@ -424,18 +432,33 @@ def search_charts(run: Run) -> list:
                            marker="star", size=6, tips=[tip(best)])],
             title=f"Search history, {name} budget", x_label="trial number", y_label="dev KL from dense (log)",
             log_y=True, integer_x=True, x_format=lambda v: f"{v:.0f}",
-            caption=f"{len(done)} completed trials. Each dot is a trial's quality loss, the line the best so far. "
-                    "The first trials are the seeded ones (paper schedule, calibration prior, uniform).",
+            caption=f"{len(done)} completed trials. Each dot is a trial's quality loss, the line the best so far; "
+                    f"the star, trial {best['number']}, is the exported policy. {_seeded(done)}",
             width=560, height=300))
     notes = [svg.Note(run.budgets[t], budget_label(run.budgets[t])) for t in run.trials if t in run.budgets]
+    spread = max((max(r["nominal_reduction"] for r in rows) - min(r["nominal_reduction"] for r in rows)
+                  for rows in run.trials.values() if rows), default=0.0)
+    where = (f"each study's trials lie within {100 * spread:.2f} points of reduction, at its budget (labelled above it)"
+             if spread < 0.01 else "budgets labelled above their values")
     return [svg.xy_chart(
         "search-front", front, title="Search: quality loss against nominal FLOPs reduction",
         x_label="nominal FLOPs reduction", y_label="dev KL from dense (log)", log_y=True, x_format=svg.percent(),
         notes=notes,
-        caption="Every completed trial of every budget's study; each study sits at its budget (labelled above it), "
-                "since every trial is fitted to the budget. Stars: the exported policy (lowest dev KL); triangles: "
-                "the paper's schedule on the same budget; black staircase: the study's Pareto front as search.export "
-                "wrote it (no trial of the study is both better and cheaper)."), *history]
+        caption=f"Every completed trial of every budget's study; {where}. Stars: the exported policy (lowest dev KL); "
+                "triangles: the paper's schedule on the same budget; black staircase: the study's Pareto front as "
+                "search.export wrote it (no trial of the study is both better and cheaper)."), *history]
+
+
+def _seeded(trials: list[dict]) -> str:
+    """Which trials were seeded rather than sampled, from the trials' own `origin` column."""
+    seeded = [f"{r['number']} ({r['origin']})" for r in sorted(trials, key=lambda r: r["number"])
+              if r.get("origin") not in (None, "sampled")]
+    return f"Seeded trials: {', '.join(seeded)}; the rest sampled by the study." if seeded else ""
+
+
+def _uninformative(signal: dict) -> str:
+    marked = sorted(p for p, v in signal.items() if v.get("informative") is False)
+    return f"{len(marked)} of {len(signal)}: {', '.join(marked)}" if marked else f"none of the {len(signal)}"
 
 
 def calibration_charts(run: Run) -> list:
@@ -451,7 +474,8 @@ def calibration_charts(run: Run) -> list:
         grid = {(f"{r['metric']}/{r['source']}", r["keep"], int(r["layer"])): r["value"] for r in sens}
         charts.append(svg.heatmap(
             "calibration-sensitivity", [f"{p} keep {k:g}" for p, k in keys], cols,
-            [[grid.get((p, k, l)) for l in layers] for p, k in keys], title="Sensitivity: KL from dense, one layer reduced",
+            [[grid.get((p, k, l)) for l in layers] for p, k in keys],
+            title="Sensitivity: KL from dense, one layer reduced",
             x_label="layer", log=True, value_format=lambda v: f"{v:.2g}",
             caption="UTRC at one layer alone, at each keep ratio. Dark = the model barely notices; bright = "
                     "reducing here hurts. The search's calibration prior removes more where it is dark."))
@@ -459,7 +483,7 @@ def calibration_charts(run: Run) -> list:
     for kind, stat, name, title, log, caption in (
         ("importance", "rel_iqr", "calibration-signal", "Importance signal: spread of token scores", True,
          ("Relative interquartile range of the per-token importance scores. Near zero, a metric ranks tokens by "
-          "noise (e.g. l2 after Mamba-2's gated RMSNorm); such pairs are marked and left out of the search.")),
+          f"noise: such pairs are marked (uninformative) and left out of the search; here {_uninformative(signal)}.")),
         ("match", "q50", "calibration-match", "Median best-match similarity g(a)", False,
          "Cosine similarity of each less-important token to its best match: high values make merging cheap."),
     ):
@@ -514,8 +538,9 @@ def profile_section(run: Run, table: dict, model: dict) -> dict | None:
             ref_row = results.get(name)
             if not ref_row:
                 continue
-            reference.append({"budget_label": budget_label(run.budgets[t]), "name": name, **{
-                key: (dense.get(key), ref_row.get(key)) for key in ("prefill_s", "generate_s", "peak_memory_gib_all_logits")}})
+            measured = {key: (dense.get(key), ref_row.get(key))
+                        for key in ("prefill_s", "generate_s", "peak_memory_gib_all_logits")}
+            reference.append({"budget_label": budget_label(run.budgets[t]), "name": name, **measured})
     return {**info, "charts": charts, "what": what, "tiny": tiny, "reference": reference}
 
 
@@ -533,18 +558,18 @@ def paper_section(run: Run) -> dict | None:
         pts = dense + pts  # every method starts from the dense point
         series.append(svg.Series(LABELS[m] + " (paper)", [(r["flops_reduction"], r["average"] / 100) for r in pts],
                                  color=COLORS[m], marker=MARKERS[m], dash=DASHES[m],
-                                 tips=[f"paper: {r['method']} at {pct(r['flops_reduction'], 0)} %: average {r['average']} %"
-                                       for r in pts]))
+                                 tips=[f"paper: {r['method']} at {pct(r['flops_reduction'], 0)} %: "
+                                       f"average {r['average']} %" for r in pts]))
     chart = svg.xy_chart("paper-accuracy", series, title="The paper's reported averages (as published)",
                          x_label="FLOPs reduction", y_label="average accuracy", x_format=svg.percent(),
                          y_format=svg.percent(),
-                         caption="Tables 1-2 of Zhan et al. (EMNLP 2024), produced with the authors' released evaluation "
-                                 "code, which scores shifted positions: not comparable with the numbers above.")
+                         caption="Tables 1-2 of Zhan et al. (EMNLP 2024), produced with the authors' released "
+                                 "evaluation code, which scores shifted positions: not comparable with the numbers "
+                                 "above.")
     for r in rows:
         r["label"] = LABELS[PAPER_METHODS[r["method"]]]
     return {"rows": rows, "efficiency": ref["efficiency"], "chart": chart,
-            "tasks": [("lambada_openai", "LAMBADA"), ("hellaswag", "HellaSwag"), ("piqa", "PIQA"), ("arc_easy", "ARC-e"),
-                      ("arc_challenge", "ARC-c"), ("winogrande", "WinoGrande")]}
+            "tasks": [(t, TASK_LABELS[t]) for t in TASK_ORDER]}
 
 
 # --- policies, settings, versions ---------------------------------------------------------------------
@@ -562,8 +587,9 @@ def policy_files(run: Run, out_dir: Path) -> list[dict]:
             out.append({
                 "method": m, "label": LABELS[m], "color": COLORS[m], "tag": tag, "name": Path(path).name, "path": path,
                 "budget_label": budget_label(run.budgets[tag]),
-                "href": _href(run, path, out_dir), "layers": layers, "importance": f"{pdoc['importance']}/{pdoc['importance_source']}",
-                "prune_share": pdoc["prune_share"], "strategies": f"{pdoc['hidden_strategy']} / {pdoc['residual_strategy']}",
+                "href": _href(run, path, out_dir), "layers": layers,
+                "importance": f"{pdoc['importance']}/{pdoc['importance_source']}", "prune_share": pdoc["prune_share"],
+                "strategies": f"{pdoc['hidden_strategy']} / {pdoc['residual_strategy']}",
                 "nominal": (pdoc.get("estimates") or {}).get("reduction"),
                 "dev_kl": (pdoc.get("measured") or {}).get("dev_kl"),
                 "json": json.dumps({k: v for k, v in pdoc.items() if k != "provenance"}, indent=1),
@@ -606,8 +632,9 @@ def dashboard(run: Run) -> dict | None:
     """Where each budget's Optuna study is, for optuna-dashboard (the manifest's `studies`); passwords
     in database URLs are masked."""
     studies = run.manifest.get("studies") or {}
-    rows = [{"budget_label": budget_label(b), "name": studies[t].get("name"), "storage": mask_password(studies[t]["storage"]),
-             "journal": "://" not in studies[t]["storage"]} for t, b in run.budgets.items() if studies.get(t, {}).get("storage")]
+    rows = [{"budget_label": budget_label(b), "name": studies[t].get("name"),
+             "storage": mask_password(studies[t]["storage"]), "journal": "://" not in studies[t]["storage"]}
+            for t, b in run.budgets.items() if studies.get(t, {}).get("storage")]
     return {"studies": rows} if rows else None
 
 

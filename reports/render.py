@@ -1,6 +1,7 @@
 """Render the HTML reports: one self-contained page per model, and an index of the models.
 
-    python -m reports.render page  --manifest results/demo-mamba2/report-manifest.json --out reports-out/demo-mamba2.html
+    python -m reports.render page --manifest results/demo-mamba2/report-manifest.json \
+        --out reports-out/demo-mamba2.html
     python -m reports.render index --out reports-out/index.html results/*/report-manifest.json
 
 A page holds everything it needs: CSS, a small script (legend highlighting) and the charts as inline
@@ -72,7 +73,8 @@ def render_index(manifests: list[str | Path], out: str | Path, root: str | Path 
                                  marker="star" if len(pts) else "circle"))
     chart = svg.xy_chart("index-accuracy", series, title="Searched policies: average accuracy against FLOPs reduction",
                          x_label="nominal FLOPs reduction", y_label="average accuracy", x_format=svg.percent(),
-                         y_format=svg.percent(), caption="One line per model: dense at 0 %, then the searched policy of "
+                         y_format=svg.percent(),
+                         caption="One line per model: dense at 0 %, then the searched policy of "
                                                          "each budget. Accuracies are only comparable within a model.")
     html = environment().get_template("index.html.j2").render(title="UTRC policies: index", generated=_now(),
                                                               entries=entries, chart=chart)

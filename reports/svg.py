@@ -166,8 +166,22 @@ def auto_format(step: float) -> Fmt:
     return lambda v: f"{v:.{min(digits, 6)}f}"
 
 
-def percent(digits: int = 0) -> Fmt:
-    return lambda v: f"{100 * v:.{digits}f}%"
+@dataclass(frozen=True)
+class percent:  # a class so a chart can ask for more digits; called like a function: x_format=percent()
+    """0.3 -> "30%". On an axis whose ticks it would print alike, charts give it more digits."""
+
+    digits: int = 0
+
+    def __call__(self, v: float) -> str:
+        return f"{100 * v:.{self.digits}f}%"
+
+
+def _distinct(fmt: Fmt, ticks: Sequence[float]) -> Fmt:
+    """A percent format with enough digits (up to 3) that every tick prints exactly, e.g. 37.5%, not 38%."""
+    while isinstance(fmt, percent) and fmt.digits < 3 and any(
+            abs(float(fmt(t)[:-1]) - 100 * t) > 1e-6 for t in ticks):
+        fmt = percent(fmt.digits + 1)
+    return fmt
 
 
 def short_number(v: float) -> str:
@@ -250,12 +264,14 @@ def _figure(name: str, title: str, svg: str, legend: list[_Key], caption: str | 
         items.append(f'<li data-series="{escape(key.name)}">{_swatch(key)}{escape(key.label)}</li>')
     legend_html = f'<ul class="legend">{"".join(items)}</ul>' if items else ""
     cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return Markup(f'<figure class="chart" data-chart="{escape(name)}"><h4>{escape(title)}</h4>{svg}{legend_html}{cap}</figure>')
+    return Markup(f'<figure class="chart" data-chart="{escape(name)}"><h4>{escape(title)}</h4>{svg}{legend_html}{cap}'
+                  "</figure>")
 
 
 def _svg(frame: _Frame, body: str, label: str) -> str:
-    return (f'<svg class="chart-svg" viewBox="0 0 {frame.width} {frame.height}" role="img" aria-label="{escape(label)}" '
-            f'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">{body}</svg>')
+    return (f'<svg class="chart-svg" viewBox="0 0 {frame.width} {frame.height}" role="img" '
+            f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">'
+            f"{body}</svg>")
 
 
 def _axes(frame: _Frame, xs: _Scale, ys: _Scale, x_fmt: Fmt, y_fmt: Fmt, x_label: str, y_label: str,
@@ -315,7 +331,8 @@ def xy_chart(
     else:
         xlo, xhi = min(xs_), max(xs_)
         pad = (xhi - xlo) * 0.05 or 0.05
-        xlo, xhi, xt = nice_ticks(xlo - pad if xlo - pad >= 0 or xlo < 0 else 0.0, xhi + pad, 6)  # no axis below 0 for data >= 0
+        # no axis below 0 for data >= 0
+        xlo, xhi, xt = nice_ticks(xlo - pad if xlo - pad >= 0 or xlo < 0 else 0.0, xhi + pad, 6)
     if integer_x:
         xt = [t for t in xt if abs(t - round(t)) < 1e-9]
     if log_y:
@@ -329,8 +346,8 @@ def xy_chart(
         ylo, yhi, yt = nice_ticks(ylo - pad, yhi + pad, 5)
     xs = _Scale(xlo, xhi, frame.left, frame.left + frame.plot_w, ticks=xt)
     ys = _Scale(ylo, yhi, frame.top + frame.plot_h, frame.top, log=log_y, ticks=yt)
-    x_fmt = x_format or auto_format((xt[1] - xt[0]) if len(xt) > 1 else 1.0)
-    y_fmt = y_format or (short_number if log_y else auto_format((yt[1] - yt[0]) if len(yt) > 1 else 1.0))
+    x_fmt = _distinct(x_format or auto_format((xt[1] - xt[0]) if len(xt) > 1 else 1.0), xt)
+    y_fmt = _distinct(y_format or (short_number if log_y else auto_format((yt[1] - yt[0]) if len(yt) > 1 else 1.0)), yt)
     body = [_axes(frame, xs, ys, x_fmt, y_fmt, x_label, y_label)]
     for note in notes:
         if _finite(note.x) and xlo <= note.x <= xhi:
@@ -340,15 +357,17 @@ def xy_chart(
             continue
         y = ys(h.y)
         dash = f' stroke-dasharray="{h.dash}"' if h.dash else ""
-        body.append(f'<g data-series="{escape(h.label)}" class="hline"><line x1="{frame.left}" x2="{frame.left + frame.plot_w}" '
-                    f'y1="{y:.1f}" y2="{y:.1f}" stroke="{h.color}" stroke-width="1.5"{dash}><title>{escape(h.label)}: '
+        body.append(f'<g data-series="{escape(h.label)}" class="hline">'
+                    f'<line x1="{frame.left}" x2="{frame.left + frame.plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                    f'stroke="{h.color}" stroke-width="1.5"{dash}><title>{escape(h.label)}: '
                     f'{escape(y_fmt(h.y))}</title></line>'
-                    + _text(frame.left + frame.plot_w - 4, y - 5, h.label, anchor="end", cls="hline-label", fill=h.color)
+                    + _text(frame.left + frame.plot_w - 4, y - 5, h.label, anchor="end", cls="hline-label",
+                            fill=h.color)
                     + "</g>")
     body.append(f'<clipPath id="clip-{escape(name)}"><rect x="{frame.left}" y="{frame.top}" width="{frame.plot_w}" '
                 f'height="{frame.plot_h}"/></clipPath>')
-    drawn = [[(i, xs(x), ys(y)) for i, (x, y) in enumerate(s.points) if _finite(x) and _finite(y) and (not log_y or y > 0)]
-             for s in series]
+    drawn = [[(i, xs(x), ys(y)) for i, (x, y) in enumerate(s.points)
+              if _finite(x) and _finite(y) and (not log_y or y > 0)] for s in series]
     shared = _coinciding(series, drawn)
     placed: list[tuple[float, float, float]] = []  # markers so far: x, y, size
     legend = []
@@ -375,17 +394,19 @@ def xy_chart(
             else:
                 dash, width = (f' stroke-dasharray="{s.dash}"' if s.dash else ""), s.width
             g.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{s.color}" stroke-width="{width}" '
-                     f'stroke-linejoin="round" opacity="{s.opacity}" clip-path="url(#clip-{escape(name)})"{dash} class="line"/>')
+                     f'stroke-linejoin="round" opacity="{s.opacity}" clip-path="url(#clip-{escape(name)})"{dash} '
+                     'class="line"/>')
         if s.stem is not None and _finite(s.stem):
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-            g += [f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ys(s.stem):.1f}" y2="{y:.1f}" stroke="{s.color}" stroke-width="1.5"'
-                  f'{dash} class="stem"/>' for _, x, y in marks]
+            g += [f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ys(s.stem):.1f}" y2="{y:.1f}" stroke="{s.color}" '
+                  f'stroke-width="1.5"{dash} class="stem"/>' for _, x, y in marks]
         for i, x, y in marks:
             # a marker on top of earlier ones is drawn smaller, so each one shows inside the one beneath it
             below = [size for px, py, size in placed if math.hypot(px - x, py - y) < size]
             size = min([s.size] + [0.65 * b for b in below])
             placed.append((x, y, size))
-            tip = s.tips[i] if s.tips and i < len(s.tips) else f"{s.name}: ({x_fmt(xs.invert(x))}, {y_fmt(ys.invert(y))})"
+            tip = (s.tips[i] if s.tips and i < len(s.tips)
+                   else f"{s.name}: ({x_fmt(xs.invert(x))}, {y_fmt(ys.invert(y))})")
             g.append(_marker(s.marker, x, y, size, s.color, tip, s.name, s.opacity))
         g.append("</g>")
         body.append("".join(g))
@@ -448,13 +469,14 @@ def bar_chart(
             x = frame.left + slot * gi + slot * 0.1 + bw * bi
             y = ys(v)
             tip = b.tips[gi] if b.tips and gi < len(b.tips) else f"{b.name}, {groups[gi]}: {y_fmt(v)}"
-            g.append(f'<rect x="{x:.1f}" y="{min(y, zero):.1f}" width="{max(bw - 2, 1):.1f}" height="{abs(zero - y):.1f}" '
-                     f'fill="{b.color}" class="mark" data-series="{escape(b.name)}"><title>{escape(tip)}</title></rect>')
+            g.append(f'<rect x="{x:.1f}" y="{min(y, zero):.1f}" width="{max(bw - 2, 1):.1f}" '
+                     f'height="{abs(zero - y):.1f}" fill="{b.color}" class="mark" data-series="{escape(b.name)}">'
+                     f"<title>{escape(tip)}</title></rect>")
             m = b.marks[gi] if b.marks and gi < len(b.marks) else None
             if _finite(m):
-                g.append(f'<line x1="{x - 1:.1f}" x2="{x + bw - 1:.1f}" y1="{ys(m):.1f}" y2="{ys(m):.1f}" stroke="#111" '
-                         f'stroke-width="2.5" class="bar-mark"><title>{escape(f"{b.name}, {groups[gi]}: {mark_label} {y_fmt(m)}")}'
-                         f"</title></line>")
+                mark_tip = f"{b.name}, {groups[gi]}: {mark_label} {y_fmt(m)}"
+                g.append(f'<line x1="{x - 1:.1f}" x2="{x + bw - 1:.1f}" y1="{ys(m):.1f}" y2="{ys(m):.1f}" '
+                         f'stroke="#111" stroke-width="2.5" class="bar-mark"><title>{escape(mark_tip)}</title></line>')
         g.append("</g>")
         body.append("".join(g))
     if baseline is not None:

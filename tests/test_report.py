@@ -38,7 +38,8 @@ PAPER_LAYERS = (12, 17, 22, 27, 32, 37, 42)
 def _policy(method: str, tag: str, d_model: int = 2560) -> dict:
     budget = BUDGETS[tag]
     if method == "utrc-searched":
-        layers = {str(l): {"keep": round(1 - budget * (0.6 + 0.1 * (i % 3)), 3)} for i, l in enumerate(range(10, 50, 4))}
+        layers = {str(l): {"keep": round(1 - budget * (0.6 + 0.1 * (i % 3)), 3)}
+                  for i, l in enumerate(range(10, 50, 4))}
     else:
         layers = {str(l): {"keep": round(1 - budget / 2, 3)} for l in PAPER_LAYERS}
     return {
@@ -47,7 +48,8 @@ def _policy(method: str, tag: str, d_model: int = 2560) -> dict:
         "layers": layers, "prune_share": 0.5, "importance": "clip", "importance_source": "ssm_output",
         "hidden_strategy": "hybrid", "residual_strategy": "merge",
         "estimates": {"reduction": budget + 0.0004, "token_fraction_proxy": budget, "seq_len": 2048, "protect_last": 1},
-        "measured": {"dev_kl": 0.05 * budget * (0.7 if method == "utrc-searched" else 1.0)} if method.startswith("utrc") else None,
+        "measured": ({"dev_kl": 0.05 * budget * (0.7 if method == "utrc-searched" else 1.0)}
+                     if method.startswith("utrc") else None),
         "provenance": {"study": f"x-flops{tag}", "versions": {"optuna": "5.0.0"}},
     }
 
@@ -102,7 +104,8 @@ def write_run(root: Path, model: str = MODEL, name: str = "state-spaces--mamba2-
     base = Path("results") / name
     files = {"calibration": {"summary": str(base / "calibration/summary.json"),
                              "table": str(base / "calibration/table.csv")},
-             "policies": {m: {} for m in METHODS}, "search": {}, "evaluations": {"dense": str(base / "eval/dense.json")},
+             "policies": {m: {} for m in METHODS}, "search": {},
+             "evaluations": {"dense": str(base / "eval/dense.json")},
              "profiles": {}}
     docs = {files["evaluations"]["dense"]: _results("dense", None, 0.64)}
     for tag, budget in BUDGETS.items():
@@ -126,7 +129,8 @@ def write_run(root: Path, model: str = MODEL, name: str = "state-spaces--mamba2-
                                        "prefill_speedup": 1 + budget * 1.1, "ideal_speedup": 1 / (1 - budget),
                                        "generate_speedup": 1.05, "peak_memory_reduction_all_logits": budget * 1.4}
                                       for m in METHODS}}}
-        tables = {"trials": str(base / f"search/flops{tag}/trials.csv"), "pareto": str(base / f"search/flops{tag}/pareto.csv")}
+        tables = {"trials": str(base / f"search/flops{tag}/trials.csv"),
+                  "pareto": str(base / f"search/flops{tag}/pareto.csv")}
         files["search"][tag] = tables
         trials = [{"number": i, "state": "COMPLETE" if i != 5 else "FAIL",
                    "origin": ["paper", "calibration", "uniform"][i] if i < 3 else "sampled",
@@ -145,16 +149,20 @@ def write_run(root: Path, model: str = MODEL, name: str = "state-spaces--mamba2-
     rows = []
     for layer in range(N_LAYER):
         for keep in (0.9, 0.7):
-            rows.append({"layer": layer, "kind": "sensitivity", "source": "ssm_output", "metric": "clip", "keep": keep, "stat": "kl",
+            rows.append({"layer": layer, "kind": "sensitivity", "source": "ssm_output", "metric": "clip", "keep": keep,
+                         "stat": "kl",
                              "value": 0.0 if layer == N_LAYER - 1 else 0.01 * (1 - keep) * (1 + (layer % 7))})
         for metric in ("clip", "l2"):
-            rows.append({"layer": layer, "kind": "importance", "source": "ssm_output", "metric": metric, "keep": "", "stat": "rel_iqr",
+            rows.append({"layer": layer, "kind": "importance", "source": "ssm_output", "metric": metric, "keep": "",
+                         "stat": "rel_iqr",
                              "value": 0.3 if metric == "clip" else 1e-5})
-            rows.append({"layer": layer, "kind": "match", "source": "ssm_output", "metric": metric, "keep": "", "stat": "q50",
+            rows.append({"layer": layer, "kind": "match", "source": "ssm_output", "metric": metric, "keep": "",
+                         "stat": "q50",
                              "value": 0.5 + 0.004 * layer})
     _write_csv(root / files["calibration"]["table"], rows)
     (root / files["calibration"]["summary"]).write_text(json.dumps({
-        "format": "utrc-calibration/1", "hash": "ab" * 32, "data": {"n_sequences": 64, "seq_len": 1024, "text": "hf:wikitext"},
+        "format": "utrc-calibration/1", "hash": "ab" * 32,
+        "data": {"n_sequences": 64, "seq_len": 1024, "text": "hf:wikitext"},
         "importance_signal": {"clip/ssm_output": {"informative": True}, "l2/ssm_output": {"informative": False}},
         "versions": {"python": "3.11.7"}}))
     studies = {tag: {"storage": storage or f"{base}/search/flops{tag}/study.journal", "name": f"{name}-flops{tag}"}
@@ -183,7 +191,8 @@ def _rows(html: str, table_class: str) -> list[str]:
 def test_summary_table_has_the_papers_shape(page):
     html = page.read_text()
     rows = re.findall(r'<tr class="[^"]*" data-method="([^"]+)" data-budget="([^"]*)"', html)
-    expected = [("dense", "")] + [(m, t) for t in ("0.1", "0.3") for m in ("tome", "evit", "utrc-paper", "utrc-searched")]
+    expected = [("dense", "")] + [(m, t) for t in ("0.1", "0.3")
+                                  for m in ("tome", "evit", "utrc-paper", "utrc-searched")]
     assert rows == expected
     # the best average of each budget is marked, and it is the searched policy here
     assert re.findall(r'<tr class="best[^"]*" data-method="([^"]+)" data-budget="([\d.]+)"', html) == [
@@ -287,8 +296,8 @@ def test_recommendation_follows_the_stated_rule(tmp_path):
         "reduced = utrc.apply(model, policy)   # reduced(input_ids, protect_last=1).logits"]
     assert "caution" not in box
     # the table marks the same row
-    assert re.findall(r'data-method="([^"]+)" data-budget="0.3">\s*<td class="method">[^\n]*title="recommended', html) == [
-        "utrc-searched"]
+    marked = re.findall(r'data-method="([^"]+)" data-budget="0.3">\s*<td class="method">[^\n]*title="recommended', html)
+    assert marked == ["utrc-searched"]
 
 
 def _scored(method, average, realized, budget_tag="0.3"):
@@ -334,10 +343,11 @@ def test_realized_caption_follows_the_data(tmp_path):
 
 def _marker_centres(body: str) -> list[tuple[float, float, float]]:
     """(x, y, size) of each marker drawn in an SVG fragment."""
-    out = [(float(x), float(y), float(r)) for x, y, r in re.findall(r'<circle cx="([\d.-]+)" cy="([\d.-]+)" r="([\d.]+)"', body)]
+    circles = re.findall(r'<circle cx="([\d.-]+)" cy="([\d.-]+)" r="([\d.]+)"', body)
+    out = [(float(x), float(y), float(r)) for x, y, r in circles]
     out += [(float(x) + float(w) / 2, float(y) + float(w) / 2, float(w) / 2)
-            for x, y, w in re.findall(r'<rect x="([\d.-]+)" y="([\d.-]+)" width="([\d.]+)" height="[\d.]+" fill="[^"]+" '
-                                      r'stroke="#ffffff"', body)]
+            for x, y, w in re.findall(r'<rect x="([\d.-]+)" y="([\d.-]+)" width="([\d.]+)" height="[\d.]+" '
+                                      r'fill="[^"]+" stroke="#ffffff"', body)]
     for pts in re.findall(r'<polygon points="([^"]+)"', body):
         xy = [tuple(map(float, p.split(","))) for p in pts.split()]
         xs, ys = [p[0] for p in xy], [p[1] for p in xy]
@@ -385,7 +395,7 @@ def test_no_series_hides_another(page, monkeypatch):
         assert hidden_series(chart) == [], name
     # keep ratios: one row per policy, so the paper's schedule and ToMe (equal keeps here) both show
     keep = charts["keep-0.3"]
-    rows = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="start" font-size="12" class="tick">([^<]+)</text>', keep)
+    rows = re.findall(r'text-anchor="start" font-size="12" class="tick">([^<]+)</text>', keep)
     assert rows[:-1] == ["UTRC, searched", "UTRC, paper schedule", "EViT", "ToMe (PuMer)"]  # then the scale's "0.50"
     assert len(re.findall(r'class="cell', keep)) == 4 * N_LAYER
     # the check itself finds series drawn over each other, as the page drew them before
@@ -432,7 +442,8 @@ def test_profile_ratios_name_their_baseline(tmp_path):
     head = re.search(r'<table class="summary">.*?</thead>', html, re.DOTALL).group(0)
     assert f'title="prefill speed-up against {baseline}"' in head
     assert f"Speed-up and memory columns: ratios against {baseline}, measured on NVIDIA H100 80GB HBM3" in html
-    assert f"Measured on NVIDIA H100 80GB HBM3 against {baseline} (not part of the rule): prefill 1.33×" in _box(html, "0.3")
+    measured = f"Measured on NVIDIA H100 80GB HBM3 against {baseline} (not part of the rule): prefill 1.33×"
+    assert measured in _box(html, "0.3")
     section = re.search(r'<section id="efficiency">(.*?)</section>', html, re.DOTALL).group(1)
     assert f"Every ratio is against\n    <b>{baseline}</b>" in section
     assert section.count(f"<figcaption>Ratios against {baseline};") == 3
@@ -456,7 +467,8 @@ def test_dashboard_section_names_each_study(page, tmp_path):
                 f"{report_page.budget_label(budget)}: study state-spaces--mamba2-2.7b-flops{tag}") in section
     assert "JournalStorage(JournalFileBackend(path))" in section
     url = "postgresql://utrc:s3cret@db.example:5432/utrc"
-    html = render.render_page(write_run(tmp_path / "db", storage=url), tmp_path / "db/p.html", root=tmp_path / "db").read_text()
+    manifest = write_run(tmp_path / "db", storage=url)
+    html = render.render_page(manifest, tmp_path / "db/p.html", root=tmp_path / "db").read_text()
     assert "optuna-dashboard postgresql://utrc:***@db.example:5432/utrc" in html
     assert "s3cret" not in html  # neither in the command nor in the run's settings
 
