@@ -28,7 +28,7 @@ LABELS = {
 COLORS = {"dense": "#555555", "tome": "#EE7733", "evit": "#009988", "utrc-paper": "#0077BB", "utrc-searched": "#CC3311"}
 MARKERS = {"dense": "circle", "tome": "diamond", "evit": "square", "utrc-paper": "triangle", "utrc-searched": "star"}
 DASHES = {"dense": "6 4", "tome": "7 3", "evit": "2 3", "utrc-paper": "10 3 2 3", "utrc-searched": ""}
-NEUTRAL = "#222222"  # what belongs to no method: fronts, reference lines, ideal ticks
+NEUTRAL = "#222222"  # what belongs to no method: the Pareto fronts
 # Tie-break of the recommendation (after average accuracy and realized reduction), and the order of
 # the per-budget charts and policy lists.
 PREFERENCE = ("utrc-searched", "utrc-paper", "evit", "tome")
