@@ -11,7 +11,7 @@ highlight a series when its legend entry is hovered):
 Coordinates are in a fixed viewBox; the SVG scales to the page width. Every series stays visible:
 lines drawn on exactly the same coordinates are detected and drawn as one line of alternating
 dashes in their colours, each marked `data-coincides` and named so in the legend; a marker drawn
-on an earlier one is drawn smaller, inside it. Legend entries show each series' own line, dash
+on another series' marker is drawn smaller, inside it. Legend entries show each series' own line, dash
 and marker.
 """
 
@@ -369,7 +369,7 @@ def xy_chart(
     drawn = [[(i, xs(x), ys(y)) for i, (x, y) in enumerate(s.points)
               if _finite(x) and _finite(y) and (not log_y or y > 0)] for s in series]
     shared = _coinciding(series, drawn)
-    placed: list[tuple[float, float, float]] = []  # markers so far: x, y, size
+    placed: list[tuple[int, float, float, float]] = []  # markers so far: series, x, y, size
     legend = []
     for k, (s, keep) in enumerate(zip(series, drawn)):
         marks = [(i, x, y) for i, x, y in keep if s.marker != "none" and (s.marked is None or s.marked[i])]
@@ -401,10 +401,10 @@ def xy_chart(
             g += [f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ys(s.stem):.1f}" y2="{y:.1f}" stroke="{s.color}" '
                   f'stroke-width="1.5"{dash} class="stem"/>' for _, x, y in marks]
         for i, x, y in marks:
-            # a marker on top of earlier ones is drawn smaller, so each one shows inside the one beneath it
-            below = [size for px, py, size in placed if math.hypot(px - x, py - y) < size]
+            # a marker on top of another series' is drawn smaller, so each shows inside the one beneath it
+            below = [size for j, px, py, size in placed if j != k and math.hypot(px - x, py - y) < size]
             size = min([s.size] + [0.65 * b for b in below])
-            placed.append((x, y, size))
+            placed.append((k, x, y, size))
             tip = (s.tips[i] if s.tips and i < len(s.tips)
                    else f"{s.name}: ({x_fmt(xs.invert(x))}, {y_fmt(ys.invert(y))})")
             g.append(_marker(s.marker, x, y, size, s.color, tip, s.name, s.opacity))
