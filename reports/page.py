@@ -146,13 +146,13 @@ def summary(run: Run, out_dir: Path) -> dict:
             r["best"] = best is not None and r["average"] == best
         rows += group
     decision = profile is not None and profile["decision"]
-    ppl_task = next((t for t in tasks if task_key(t)[0] == 0), None)
-    return {"tasks": [{"name": t, "label": task_label(t)} for t in tasks], "rows": rows,
-            "profiled": decision and any(r.get("prefill_speedup") is not None for r in rows),
-            "generation": decision and any(r.get("generate_speedup") is not None for r in rows),
-            "memory": decision and any(r.get("memory_reduction") is not None for r in rows),
-            "demo": bool(tasks) and all(t.startswith(DEMO_PREFIX) for t in tasks),
-            "ppl": ppl_task is not None, "profile": profile}
+    optional = {"ppl": any(task_key(t)[0] == 0 for t in tasks),  # LAMBADA's perplexity
+                "profiled": decision and any(r.get("prefill_speedup") is not None for r in rows),
+                "generation": decision and any(r.get("generate_speedup") is not None for r in rows),
+                "memory": decision and any(r.get("memory_reduction") is not None for r in rows)}
+    return {"tasks": [{"name": t, "label": task_label(t)} for t in tasks], "rows": rows, **optional,
+            "columns": 6 + len(tasks) + sum(optional.values()),  # method, 2 x FLOPs, average, KL, file; tasks
+            "demo": bool(tasks) and all(t.startswith(DEMO_PREFIX) for t in tasks), "profile": profile}
 
 
 def _row(run: Run, method: str, tag: str, budget: float | None, doc: dict | None, tasks, out_dir) -> dict:
