@@ -355,9 +355,11 @@ def keep_charts(run: Run) -> list[dict]:
             tokens = (doc or {}).get("nominal", {}).get("tokens_per_layer")
             if tokens:
                 seq = doc["nominal"].get("seq_len", tokens[0])
+                # layer l's count spans [l - 0.5, l + 0.5], centred on its tick
+                steps = [(l - 0.5, t / seq) for l, t in enumerate(tokens)] + [(len(tokens) - 0.5, tokens[-1] / seq)]
                 token_series.append(svg.Series(
-                    LABELS[m], [(l, t / seq) for l, t in enumerate(tokens)], color=COLORS[m], marker="none",
-                    dash=DASHES[m], width=2.5 if m == "utrc-searched" else 1.8, step=True))
+                    LABELS[m], steps, color=COLORS[m], marker="none", dash=DASHES[m],
+                    width=2.5 if m == "utrc-searched" else 1.8, step=True))
         if not methods:
             continue
         label = budget_label(budget)
