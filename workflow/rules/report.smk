@@ -1,6 +1,18 @@
 # One self-contained HTML page per model (python -m reports.render page) and an index of them.
 # The page reads only the files listed in its manifest (written beside the results), never a glob,
-# so results of budgets no longer configured do not leak into it.
+# so results of budgets no longer configured do not leak into it. The manifest also names each budget's
+# Optuna study (storage and name), which the page tells how to open in optuna-dashboard.
+
+from types import SimpleNamespace
+
+
+def budget_studies(model):
+    """tag -> the budget's Optuna study {storage, name}, as the search rules name them."""
+    studies = {}
+    for tag in MODELS[model]["budgets"]:
+        wc = SimpleNamespace(model=model, budget=tag)  # the wildcards the search rules see
+        studies[tag] = {"storage": study_storage(wc), "name": study_name(wc)}
+    return studies
 
 
 rule report:
@@ -14,6 +26,7 @@ rule report:
     params:
         model=lambda wc: MODELS[wc.model],
         files=lambda wc: model_outputs(wc.model),
+        studies=lambda wc: budget_studies(wc.model),
         config=config,
     script:
         "../scripts/report.py"

@@ -1,12 +1,14 @@
-"""Rule `report`: write the page's manifest (the files to read, the run's settings), then
+"""Rule `report`: write the page's manifest (the files to read, each budget's Optuna study, the run's settings), then
 python -m reports.render page (see workflow/rules/report.smk and reports/render.py)."""
 
-import json
 import platform
-from pathlib import Path
+import sys
 
 import snakemake as snakemake_package
-from wfutil import module_command, run
+from wfutil import ROOT, module_command, run
+
+sys.path.insert(0, str(ROOT))  # Snakemake runs this file on its own; utrc.io is torch-free and light
+from utrc.io import atomic_write_json
 
 sm = snakemake  # noqa: F821 (given by Snakemake's `script:` directive)
 model = sm.params.model
@@ -15,9 +17,10 @@ manifest = {
     "model": {"ref": model["ref"], "name": model["slug"]},
     "budgets": {tag: reduction for tag, reduction in model["budgets"].items()},
     "files": sm.params.files,
+    "studies": sm.params.studies,
     "settings": sm.params.config,
     "workflow": {"snakemake": snakemake_package.__version__, "python": platform.python_version()},
 }
-Path(sm.output.manifest).write_text(json.dumps(manifest, indent=1) + "\n")
+atomic_write_json(sm.output.manifest, manifest)
 command = module_command("reports.render", "page", "--manifest", sm.output.manifest, "--out", sm.output.page)
 run(command, sm.log[0], f"report {model['slug']}")
