@@ -1,105 +1,114 @@
-"""Cost of one UTRC reduction step relative to the forward time of the layer it follows (CPU).
+"""Cost of one UTRC reduction step relative to the forward time of the block it follows.
 
-A Mamba-2-2.7B-shaped block stack (d_model 2560, d_inner 5120, 80 heads, d_state 128), truncated to
-a few blocks with random weights, float32, batch 2 x 2048 tokens. For the reduction layer we time
-(a) the block forward as transformers runs it and (b) the reduction step on its outputs: importance
-scores, the A/B split, the cosine matching, the plan, and applying it to both branches, sizes and
-positions. Target (issue 2): (b) under 5 % of (a).
+A Mamba-2-2.7B- or Mamba-2.8B-shaped model truncated to a few blocks, random weights: on a GPU
+mamba_ssm's own model in bf16 (the GPU path), on the CPU transformers' in float32. For the
+reduction block we time, each the median of `--repeats` (CUDA events on a GPU):
+  (a) the block as it runs when nothing is reduced (`block`);
+  (b) the block with its importance source read (`split_block`), the reduction block's forward;
+  (c) the reduction step on its outputs: scores, the A/B split, the cosine matching, the plan, and
+      applying it to both branches, the sizes and the positions.
+On a GPU, `--ops` adds torch.profiler's per-operator GPU time of (c).
 
-    python benchmarks/reduction_overhead.py [--batch 2] [--seq-len 2048] [--repeats 5] [--keep 0.905]
+    python benchmarks/reduction_overhead.py --shape state-spaces/mamba2-2.7b --batch 16 --out x.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
+from dataclasses import replace
 
 import torch
-from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
-from utrc.reduction import importance_scores, utrc_plan
-from utrc.reduced import _mixer_with_source
+from utrc.io import atomic_write_json, stamp
+from utrc.profile import random_model
+from utrc.reduction import RowCounts
+from utrc.shapes import PAPER_SHAPES
+
+
+def median_time(fn, device, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--shape", default="state-spaces/mamba2-2.7b", choices=sorted(PAPER_SHAPES))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default 16 on a GPU, 2 on the CPU")
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--keep", type=float, default=0.905)
+    ap.add_argument("--method", default="utrc", choices=["utrc", "evit", "tome"])
     ap.add_argument("--source", default="ssm_output", choices=["ssm_output", "scan_output", "mixer_output"])
+    ap.add_argument("--ops", action="store_true", help="per-operator GPU time of the reduction step")
+    ap.add_argument("--out")
     args = ap.parse_args()
 
-    torch.manual_seed(0)
-    config = Mamba2Config(  # state-spaces/mamba2-2.7b, truncated; a small vocabulary (the head is not timed)
-        vocab_size=1024, hidden_size=2560, num_hidden_layers=args.layers, expand=2, head_dim=64,
-        num_heads=80, state_size=128, n_groups=1, chunk_size=256, tie_word_embeddings=False,
-    )
-    model = Mamba2ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.5 * torch.randn_like(p))
-    x = torch.randint(0, 1024, (args.batch, args.seq_len))
-    block = model.backbone.layers[0]
-    h = model.backbone.embeddings(x)
-    lengths = torch.full((args.batch,), args.seq_len)
-    protect = torch.ones(args.batch, dtype=torch.int64)
+    device = torch.device(args.device)
+    batch = args.batch or (16 if device.type == "cuda" else 2)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shape = replace(PAPER_SHAPES[args.shape], n_layer=args.layers, vocab_size=1024)  # the head is not timed
+    model = random_model(shape, args.device, dtype)
+    layer = args.layers - 1
+    policy = Policy(args.method, ModelSpec.of(ModelShape.of(model)), {layer: LayerSpec(args.keep)},
+                    importance_source=args.source)
+    reduced = apply(model, policy)
+    x = torch.randint(0, shape.vocab_size, (batch, args.seq_len), device=device)
+    with torch.inference_mode():
+        state = reduced.run(reduced.start(x), 0, layer)  # the stream entering the reduction block
+        blocks, h, r = reduced.blocks, state.hidden, state.residual
+        counts = RowCounts.of(state.host_lengths, state.host_protect, args.keep)
+        mix, res, found = blocks.split_block(layer, h, r, (args.source,))
 
-    def forward():
-        with torch.no_grad():
-            normed = block.norm(h)
-            return _mixer_with_source(block.mixer, normed, args.source)
+        def step():
+            plan = reduced._plan(found[args.source], state, args.keep, policy.prune_share, counts)
+            return plan.hidden(mix, state.sizes), plan.residual(res, state.sizes), plan.sizes(state.sizes), \
+                plan.positions(state.positions)
 
-    def reduce(mix, source):
-        with torch.no_grad():
-            sizes = torch.ones(args.batch, args.seq_len)
-            positions = torch.arange(args.seq_len).expand(args.batch, -1)
-            plan = utrc_plan(importance_scores(source, "clip"), source, lengths, protect, args.keep)
-            out = plan.residual(h.float(), sizes) + plan.hidden(mix, sizes)
-            return out, plan.sizes(sizes), plan.positions(positions)
+        result = {
+            "shape": args.shape, "path": reduced.path, "device": str(device), "dtype": str(dtype), "batch": batch,
+            "seq_len": args.seq_len, "method": args.method, "source": args.source, "keep": args.keep,
+            "block_s": median_time(lambda: blocks.block(layer, h, r), device, args.repeats),
+            "block_with_source_s": median_time(lambda: blocks.split_block(layer, h, r, (args.source,)), device,
+                                               args.repeats),
+            "reduction_step_s": median_time(step, device, args.repeats),
+            **stamp(),
+        }
+        result["reduction_step_over_block"] = result["reduction_step_s"] / result["block_s"]
+        if args.ops and device.type == "cuda":
+            from torch.profiler import ProfilerActivity, profile
 
-    forward_s, reduce_s = [], []
-    mix, source = forward()  # warm-up
-    reduce(mix, source)
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        mix, source = forward()
-        t1 = time.perf_counter()
-        reduce(mix, source)
-        t2 = time.perf_counter()
-        forward_s.append(t1 - t0)
-        reduce_s.append(t2 - t1)
-
-    # end to end through the public API as a cross-check: the whole truncated stack, dense vs reduced
-    spec = ModelSpec.of(ModelShape.of(model), name="mamba2-2.7b-shape")
-    reduced = apply(model, Policy(method="utrc", model=spec, layers={0: LayerSpec(args.keep)}))
-    t0 = time.perf_counter()
-    reduced(x)
-    t_reduced = time.perf_counter() - t0
-
-    f, r = statistics.median(forward_s), statistics.median(reduce_s)
-    result = {
-        "benchmark": "reduction_overhead",
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "dtype": "float32",
-        "shape": "mamba2-2.7b block (d_model 2560)",
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "keep": args.keep,
-        "importance_source": args.source,
-        "block_forward_s_median": round(f, 4),
-        "reduction_step_s_median": round(r, 4),
-        "reduction_fraction_of_block": round(r / f, 4),
-        "stack_forward_with_one_reduction_s": round(t_reduced, 3),
-    }
-    print(json.dumps(result, indent=2))
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+                step()
+                torch.cuda.synchronize()
+            ops = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+            result["kernels"] = sum(e.count for e in prof.key_averages() if e.device_time_total > 0 and
+                                    not e.key.startswith("aten::"))
+            result["ops"] = [{"op": e.key[:100], "gpu_ms": e.device_time_total / 1000, "calls": e.count}
+                             for e in ops[:30]]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 
-from utrc import LayerSpec, ModelShape, ModelSpec, Policy
+from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
 from utrc.io import atomic_write_json
 from utrc.policy import IMPORTANCE_METRICS
 from utrc.reduction import importance_scores
 
 from . import provenance
-from .objective import TailModel, _dense_pass, _log_probs, score_from
+from .objective import _log_probs, dense_model, score_from
 
 FORMAT = "utrc-calibration/1"
 INFORMATIVE_REL_IQR = 0.01  # median over blocks below 1 %: scores differ only by eps / float effects
@@ -88,44 +88,43 @@ def calibrate(model, input_ids: torch.Tensor, config: CalibrationConfig = Calibr
     P = L - config.score_last
     rows: list[dict] = []
 
-    # pass 1: dense forward with hooks reading every source of every block
+    # pass 1: the dense forward, reading every source of every block (ReducedModel.block_sources)
+    dense = dense_model(model)
     collector = _Collector(config.metrics, P)
-    handles = collector.attach(model, sources)
-    try:
-        with torch.inference_mode():
-            finals = []
-            batches = input_ids.split(config.batch_size)
-            for i, ids in enumerate(batches):
-                _, normed = _dense_pass(model, ids, 0)
-                finals.append(normed[:, -config.score_last :])
-                say(f"statistics: batch {i + 1}/{len(batches)}")
-            dense_logp = _log_probs(model, torch.cat(finals))  # [N, S, V]
-    finally:
-        for h in handles:
-            h.remove()
+    batches = input_ids.split(config.batch_size)
+    with torch.inference_mode():
+        starts = [dense.start(ids, protect_last=config.score_last) for ids in batches]
+        finals = []
+        for i, state in enumerate(starts):
+            for layer in range(shape.n_layer):
+                state, found = dense.block_sources(state, layer, sources)
+                for source, y in found.items():
+                    collector.see((layer, source), y)
+            finals.append(dense.final_norm(state)[:, -config.score_last :])
+            say(f"statistics: batch {i + 1}/{len(batches)}")
+        dense_logp = _log_probs(dense, torch.cat(finals))  # [N, S, V]
     rows += collector.rows(config.quantiles)
 
     # pass 2: carry the dense stream block by block; reduce at each block alone
     spec = ModelSpec.of(shape, model_name)
     curves: dict[str, dict[int, list[float]]] = defaultdict(dict)
     with torch.inference_mode():
-        h = torch.cat([model.backbone.embeddings(ids) for ids in input_ids.split(config.batch_size)])
-        for layer, block in enumerate(model.backbone.layers):
-            tail = TailModel(model, layer)
+        states = starts
+        for layer in range(shape.n_layer):
             for pair in config.sensitivity_pairs:
                 metric, source = pair.split("/")
                 curve = []
                 for keep in config.sensitivity_keeps:
                     policy = Policy(method="utrc", model=spec, layers={layer: LayerSpec(keep)}, importance=metric,
                                     importance_source=source, prune_share=config.prune_share)
-                    s = score_from(tail, h, policy, dense_logp, config.score_last, config.batch_size)
+                    s = score_from(apply(model, policy), states, layer, dense_logp, config.score_last)
                     curve.append(s.kl)
                     for stat, value in (("kl", s.kl), ("top1_agreement", s.top1_agreement)):
                         rows.append(dict(layer=layer, kind="sensitivity", source=source, metric=metric, keep=keep,
                                          stat=stat, value=value))
                 curves[pair][layer] = curve
-            h = torch.cat([block(x) for x in h.split(config.batch_size)])
-            say(f"sensitivity: block {layer + 1}/{len(model.backbone.layers)}")
+            states = [dense.run(state, layer, layer + 1) for state in states]
+            say(f"sensitivity: block {layer + 1}/{shape.n_layer}")
 
     table = pd.DataFrame(rows, columns=["layer", "kind", "source", "metric", "keep", "stat", "value"])
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "extra"}
@@ -185,7 +184,7 @@ def load_summary(path: str | Path) -> dict:
 
 
 class _Collector:
-    """Forward hooks that turn each block's sources into per-token scores and best-match similarities."""
+    """Turns each block's sources into per-token scores and best-match similarities."""
 
     def __init__(self, metrics, prefix_len: int):
         self.metrics = metrics
@@ -194,21 +193,7 @@ class _Collector:
         self.match = defaultdict(list)  # (layer, source, metric) -> [B, |A|] tensors
         self.positive = defaultdict(lambda: [0, 0])  # (layer, source) -> [positive, total]
 
-    def attach(self, model, sources):
-        handles = []
-        for layer, block in enumerate(model.backbone.layers):
-            mixer = block.mixer
-            for source in sources:
-                if source == "mixer_output":
-                    hook = lambda _m, _a, out, key=(layer, source): self._see(key, out)
-                    handles.append(mixer.register_forward_hook(hook))
-                else:
-                    module = mixer.out_proj if source == "ssm_output" else mixer.norm
-                    hook = lambda _m, args, key=(layer, source): self._see(key, args[0])
-                    handles.append(module.register_forward_pre_hook(hook))
-        return handles
-
-    def _see(self, key, y: torch.Tensor) -> None:
+    def see(self, key, y: torch.Tensor) -> None:
         y = y[:, : self.P].float()  # [B, P, C] the reducible prefix
         pos = self.positive[key]
         pos[0] += int((y > 0).sum())

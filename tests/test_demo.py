@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from demo import calibration_texts, items, vocab, world
 from demo import tasks as generator

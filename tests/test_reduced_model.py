@@ -245,15 +245,15 @@ def test_the_gpu_mamba1_path_reduces_like_the_transformers_mixer(monkeypatch):
     # with transformers' PyTorch scan in place of the kernel; plan and logits must not change.
     from transformers.models.mamba.modeling_mamba import mamba_selective_scan
 
-    import utrc.reduced
+    import utrc.transformers_blocks
     from utrc.mamba1_scan import mamba1_mixer_forward
 
     model = tiny_model("mamba")
     x = ids(n=40)
     p = policy(model, {1: 0.6, 2: 0.7}, importance_source="ssm_output")
     expected = apply(model, p)(x, protect_last=2)
-    monkeypatch.setattr(utrc.reduced, "_uses_mamba1_scan", lambda mixer, h: True)
-    monkeypatch.setattr(utrc.reduced, "mamba1_mixer_forward",
+    monkeypatch.setattr(utrc.transformers_blocks, "_uses_mamba1_scan", lambda mixer, h: True)
+    monkeypatch.setattr(utrc.transformers_blocks, "mamba1_mixer_forward",
                         lambda mixer, h, cache=None: mamba1_mixer_forward(mixer, h, cache, mamba_selective_scan))
     out = apply(model, p)(x, protect_last=2)
     assert torch.equal(out.positions, expected.positions) and torch.equal(out.sizes, expected.sizes)

@@ -1,6 +1,5 @@
 """search: the space, cached objective, Optuna study (journal / RDB storage, resume), export."""
 
-import json
 import os
 import signal
 import subprocess
@@ -113,7 +112,7 @@ def test_cached_objective_equals_the_public_reduced_model(architecture):
     assert ref.score(policy).kl == pytest.approx(expected, rel=1e-4)
     assert expected > 1e-4
     assert ref.score(Policy.dense(spec)).kl == 0.0
-    with pytest.raises(ValueError, match="before the first searchable block 2"):
+    with pytest.raises(ValueError, match=r"reduces at block\(s\) \[1\], before block 2"):
         ref.score(Policy(method="utrc", model=spec, layers={1: LayerSpec(0.8)}))
 
 

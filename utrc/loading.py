@@ -27,7 +27,6 @@ conversion), which is how the tests exercise the reader without hub access.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from .kernels import is_mamba_ssm_available
 from .mamba_ssm_format import mamba_ssm_to_transformers, save_mamba_ssm_checkpoint, weights_mismatch
 
 __all__ = [
@@ -77,20 +77,6 @@ _DTYPES = {
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def is_mamba_ssm_available() -> bool:
-    """True when the ``mamba_ssm`` package (with its CUDA extension) can be imported.
-
-    Never raises: on CPU-only machines importing mamba_ssm fails with ImportError, OSError
-    (missing libcudart / .so) or RuntimeError, and any of those means "not available".
-    """
-    try:
-        import mamba_ssm  # noqa: F401
-    except Exception:  # ImportError, OSError, RuntimeError, and whatever a broken build raises
-        return False
-    return True
 
 
 def _resolve_dtype(dtype, device: torch.device):
@@ -424,7 +410,7 @@ def _token_ids(tokenizer) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def load_model(ref: str, device="cpu", dtype=None, tokenizer=None):
+def load_model(ref: str, device="cpu", dtype=None, tokenizer=None, path: str = "auto"):
     """Load a Mamba / Mamba-2 language model and its tokenizer.
 
     Args:
@@ -438,9 +424,14 @@ def load_model(ref: str, device="cpu", dtype=None, tokenizer=None):
             the model directory's tokenizer files; for mamba_ssm checkpoints, which ship none,
             ``EleutherAI/gpt-neox-20b`` (local cache first).
 
+        path: which implementation runs the model (docs/method.md §7): ``"auto"`` (mamba_ssm's own
+            model on a CUDA device when mamba_ssm imports, transformers' modules otherwise),
+            ``"mamba_ssm"`` or ``"transformers"``.
+
     Returns:
-        ``(model, tokenizer)``: a transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` in
-        eval mode on ``device``, and a transformers tokenizer.
+        ``(model, tokenizer)``: the model in eval mode on ``device`` -- a mamba_ssm
+        ``MambaLMHeadModel``, or a transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` -- and a
+        transformers tokenizer. `utrc.apply` takes either.
 
     Raises:
         ValueError: unknown ``demo:`` name, not a Mamba checkpoint, settings transformers cannot
@@ -451,22 +442,46 @@ def load_model(ref: str, device="cpu", dtype=None, tokenizer=None):
             that cannot be found.
     """
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r}: this machine has no CUDA GPU; use device='cpu'")
+    native = _native_path(path, device)
     dtype = _resolve_dtype(dtype, device)
     directory = _resolve_ref(ref)
     config = _read_json(directory / "config.json")
     fmt, architecture = _checkpoint_format(config, directory)
     tok = _load_tokenizer(tokenizer, directory, fmt)  # before the weights: fail fast
+    # for mamba_ssm's model, read the weights as stored (checkpoint dtype, on the CPU) and convert
+    where, as_dtype = (torch.device("cpu"), "auto") if native else (device, dtype)
     if fmt == "mamba_ssm":
-        model = _load_mamba_ssm(directory, architecture, dtype, device, _token_ids(tok))
+        model = _load_mamba_ssm(directory, architecture, as_dtype, where, _token_ids(tok))
     else:
-        model = _load_hf(directory, architecture, dtype, device)
+        model = _load_hf(directory, architecture, as_dtype, where)
+    if native:
+        from .native import from_transformers
+
+        model = from_transformers(model, device, None if dtype == "auto" else dtype)
     model.eval()
+    rows = model.lm_head.weight.shape[0]
     n_tokens = len(tok) if hasattr(tok, "__len__") else None
-    if n_tokens is not None and n_tokens > model.config.vocab_size:
+    if n_tokens is not None and n_tokens > rows:
         warnings.warn(
             f"the tokenizer has {n_tokens} tokens but the model's embedding only "
-            f"{model.config.vocab_size} rows: ids >= {model.config.vocab_size} will fail",
+            f"{rows} rows: ids >= {rows} will fail",
             stacklevel=2,
         )
     return model, tok
+
+
+def _native_path(path: str, device: torch.device) -> bool:
+    """Whether `load_model` returns mamba_ssm's own model (see its `path` argument)."""
+    if path not in ("auto", "mamba_ssm", "transformers"):
+        raise ValueError(f"path: expected 'auto', 'mamba_ssm' or 'transformers', got {path!r}")
+    if path == "mamba_ssm":
+        if device.type != "cuda" or not is_mamba_ssm_available():
+            raise RuntimeError(
+                "path='mamba_ssm' needs a CUDA device and the mamba_ssm package with its kernels "
+                "(pip install -r requirements-gpu.txt on a GPU machine); use path='transformers' here"
+            )
+        return True
+    return path == "auto" and device.type == "cuda" and is_mamba_ssm_available()
 

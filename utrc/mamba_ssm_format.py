@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["mamba_ssm_to_transformers", "save_mamba_ssm_checkpoint"]
+from .io import atomic_write_json
+
+__all__ = ["mamba_ssm_to_transformers", "save_mamba_ssm_checkpoint", "transformers_to_mamba_ssm"]
 
 # mamba_ssm's top-level MambaConfig fields (mamba_ssm 2.x, models/config_mamba.py) and defaults.
 _SSM_TOP_DEFAULTS: dict[str, Any] = {
@@ -264,14 +266,11 @@ def mamba_ssm_to_transformers(
 # --------------------------------------------------------------------------------------------
 
 
-def save_mamba_ssm_checkpoint(model, directory) -> Path:
-    """Write a transformers Mamba / Mamba-2 causal LM in the mamba_ssm on-disk format.
-
-    Produces ``config.json`` (mamba_ssm 2.x ``MambaConfig`` fields, with the mixer's shape in
-    ``ssm_cfg``) and ``pytorch_model.bin`` (a plain dict of tensors named as mamba_ssm's
-    ``MambaLMHeadModel.state_dict()``), i.e. what ``MambaLMHeadModel.save_pretrained`` writes.
-    Returns the directory. Raises ValueError for settings mamba_ssm cannot express.
-    """
+def transformers_to_mamba_ssm(model) -> tuple[dict, dict]:
+    """A transformers Mamba / Mamba-2 causal LM as mamba_ssm sees it: (config.json content with
+    mamba_ssm 2.x ``MambaConfig`` fields, state dict named as ``MambaLMHeadModel.state_dict()``;
+    the tensors are the model's own, not copies). Raises ValueError for settings mamba_ssm cannot
+    express."""
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
 
     if not isinstance(model, (MambaForCausalLM, Mamba2ForCausalLM)):
@@ -323,19 +322,31 @@ def save_mamba_ssm_checkpoint(model, directory) -> Path:
         "pad_vocab_size_multiple": 8 if vocab % 8 == 0 else 1,
         "tie_embeddings": bool(c.tie_word_embeddings),
     }
-
     state = {}
     for key, value in model.state_dict().items():
         if key == "backbone.embeddings.weight":
             key = "backbone.embedding.weight"
-        state[key] = value.detach().to("cpu").contiguous()
+        state[key] = value.detach()
     if c.tie_word_embeddings:
         # mamba_ssm's state dict carries both names for the one tied tensor
         state["lm_head.weight"] = state["backbone.embedding.weight"]
+    return config, state
 
+
+def save_mamba_ssm_checkpoint(model, directory) -> Path:
+    """Write a transformers Mamba / Mamba-2 causal LM in the mamba_ssm on-disk format.
+
+    Produces ``config.json`` (mamba_ssm 2.x ``MambaConfig`` fields, with the mixer's shape in
+    ``ssm_cfg``) and ``pytorch_model.bin`` (a plain dict of tensors named as mamba_ssm's
+    ``MambaLMHeadModel.state_dict()``), i.e. what ``MambaLMHeadModel.save_pretrained`` writes.
+    Returns the directory. Raises ValueError for settings mamba_ssm cannot express.
+    """
+    config, state = transformers_to_mamba_ssm(model)
+    state = {k: v.to("cpu").contiguous() for k, v in state.items()}
+    if "lm_head.weight" in state and model.config.tie_word_embeddings:
+        state["lm_head.weight"] = state["backbone.embedding.weight"]  # one storage, two names
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=4)
+    atomic_write_json(out / "config.json", config, indent=4)
     torch.save(state, out / "pytorch_model.bin")
     return out

@@ -65,8 +65,26 @@ class ModelShape:
 
     @classmethod
     def of(cls, model) -> "ModelShape":
-        """The shape of a loaded model (anything with a transformers Mamba/Mamba-2 `config`)."""
+        """The shape of a loaded model: a transformers Mamba / Mamba-2 causal LM (or anything with
+        such a `config`), or a mamba_ssm `MambaLMHeadModel` (read off its modules)."""
+        if hasattr(model.config, "ssm_cfg") and hasattr(model, "backbone"):
+            return cls._of_mamba_ssm(model)
         return cls.from_config(model.config)
+
+    @classmethod
+    def _of_mamba_ssm(cls, model) -> "ModelShape":
+        mixer = model.backbone.layers[0].mixer
+        common = dict(
+            n_layer=len(model.backbone.layers),
+            d_model=model.backbone.embedding.embedding_dim,
+            vocab_size=model.backbone.embedding.num_embeddings,  # as stored: padded
+            d_inner=mixer.d_inner,
+            d_state=mixer.d_state,
+            d_conv=mixer.d_conv,
+        )
+        if hasattr(mixer, "headdim"):  # mamba_ssm's Mamba2
+            return cls("mamba2", headdim=mixer.headdim, ngroups=mixer.ngroups, chunk_size=mixer.chunk_size, **common)
+        return cls("mamba", dt_rank=mixer.dt_rank, **common)
 
 
 def _mamba1(n_layer: int, d_model: int) -> ModelShape:

@@ -39,7 +39,7 @@ from ..loading import load_model
 from ..policy import ModelSpec, Policy, PolicyError
 from ..reduced import apply
 from ..shapes import ModelShape
-from .generation import greedy_generate
+from ..generation import greedy_generate
 
 DEFAULT_MAX_LENGTH = 2048  # the Mamba papers' evaluation length (lm-eval's mamba_ssm model uses it too)
 
@@ -121,7 +121,7 @@ class UtrcLM(HFLM):
             max_length=max_length,
             **kwargs,
         )
-        if self._model.device != self.device:
+        if self.reduced.device != self.device:  # a mamba_ssm model has no `.device`
             self._model.to(self.device)
         del self._loaded
 
@@ -269,7 +269,7 @@ class UtrcLM(HFLM):
         wanted = [range(n - k, n) for n, k in zip(lengths, protect)]
         rows = rows_at_positions(out.positions, wanted)
         logprobs = [
-            F.log_softmax(out.logits[b, r], dim=-1, dtype=self.softmax_dtype) for b, r in enumerate(rows)
+            F.log_softmax(out.logits[b, r], dim=-1, dtype=self.softmax_dtype or torch.float32) for b, r in enumerate(rows)
         ]  # each [k_b, V]
         return logprobs, self._costs(out.tokens_per_layer, protect, out.lengths, lengths)
 

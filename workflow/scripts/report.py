@@ -1,5 +1,5 @@
-"""Rule `report`: write the page's manifest (the files to read, the run's settings), then render the
-page from it (reports.render, see workflow/rules/report.smk)."""
+"""Rule `report`: write the page's manifest (the files to read, each budget's Optuna study, the run's
+settings), then render the page from it (reports.render, see workflow/rules/report.smk)."""
 
 import platform
 
@@ -15,9 +15,10 @@ manifest = {
     "model": {"ref": model["ref"], "name": model["slug"]},
     "budgets": model["budgets"],
     "files": sm.params.files,
+    "studies": sm.params.studies,
     "settings": sm.params.config,
     "workflow": {"snakemake": snakemake_package.__version__, "python": platform.python_version()},
 }
-atomic_write_json(sm.output.manifest, manifest, indent=1)
+atomic_write_json(sm.output.manifest, manifest)
 with open(sm.log[0], "w") as log:
     log.write(f"wrote {sm.output.manifest}, {render_page(sm.output.manifest, sm.output.page)}\n")
