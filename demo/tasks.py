@@ -41,8 +41,8 @@ def generate_items(task: str, split: str, n_items: int | None = None) -> list[di
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     count = ITEMS_PER_TASK[task] if n_items is None else n_items
-    return [{"id": i, **I.build_item(task, random.Random(f"utrc-demo/{split}/{SEEDS[split]}/{task}/{i}"), split)}
-            for i in range(count)]
+    rngs = (random.Random(f"utrc-demo/{split}/{SEEDS[split]}/{task}/{i}") for i in range(count))
+    return [{"id": i, **I.build_item(task, rng, split)} for i, rng in enumerate(rngs)]
 
 
 def lm_eval_row(task: str, item: dict) -> dict:
@@ -56,7 +56,8 @@ def lm_eval_row(task: str, item: dict) -> dict:
 
 
 def jsonl(task: str, split: str) -> bytes:
-    return "".join(json.dumps(lm_eval_row(task, it), sort_keys=True) + "\n" for it in generate_items(task, split)).encode()
+    rows = (json.dumps(lm_eval_row(task, item), sort_keys=True) for item in generate_items(task, split))
+    return "".join(row + "\n" for row in rows).encode()
 
 
 def main() -> None:
@@ -65,7 +66,8 @@ def main() -> None:
         (DATA / split).mkdir(parents=True, exist_ok=True)
         for task in TASKS:
             data = jsonl(task, split)
-            (DATA / split / f"{task}.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))  # mtime 0: same bytes each run
+            # mtime 0: the same bytes every run
+            (DATA / split / f"{task}.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
             manifest["sha256"][f"{split}/{task}.jsonl"] = hashlib.sha256(data).hexdigest()
     (DATA / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(SPLITS) * len(TASKS)} task files to {Path(DATA)}")

@@ -52,7 +52,7 @@ def export(studies: list[tuple[str, str]], name: str, out: str | Path) -> dict[s
     out = Path(out)
     loaded = [_load(storage, study_name) for storage, study_name in studies]
     first = loaded[0].user_attrs
-    for (storage, study_name), study in zip(studies[1:], loaded[1:]):
+    for (storage, study_name), study in zip(studies[1:], loaded[1:], strict=True):
         if provenance.json_hash(study.user_attrs["settings"]) != provenance.json_hash(first["settings"]):
             raise StudyError(f"study {study_name!r} in {storage} was run with other settings than {studies[0][1]!r}: "
                              "seeds of one budget must differ in their seed only")
@@ -61,18 +61,19 @@ def export(studies: list[tuple[str, str]], name: str, out: str | Path) -> dict[s
     paths = {}
 
     bests = []
-    for seed, ((storage, study_name), study) in enumerate(zip(studies, loaded)):
+    for seed, ((storage, study_name), study) in enumerate(zip(studies, loaded, strict=True)):
         folder = out / seed_dir(budget.reduction, seed)
         table = trials_table(study)
         pareto = {t.number for t in pareto_trials(study)}
         paths[f"trials seed {seed}"] = atomic_write_text(folder / "trials.csv", table.to_csv(index=False))
-        paths[f"pareto seed {seed}"] = atomic_write_text(
-            folder / "pareto.csv", table[table.number.isin(pareto)].sort_values("nominal_reduction").to_csv(index=False))
+        front = table[table.number.isin(pareto)].sort_values("nominal_reduction")
+        paths[f"pareto seed {seed}"] = atomic_write_text(folder / "pareto.csv", front.to_csv(index=False))
         best = best_trial(study)
         meta = dict(_common(storage, study_name, study), seed=seed, trial=best.number,
                     origin=best.user_attrs.get("origin", "sampled"), objective=_objective(study, best),
                     method="utrc search (Optuna TPE)")
-        policy = _with_meta(Policy.from_dict(best.user_attrs["policy"]), shape, budget, meta, _trial_measured(best, study))
+        policy = _with_meta(Policy.from_dict(best.user_attrs["policy"]), shape, budget, meta,
+                            _trial_measured(best, study))
         bests.append(policy)
         if len(studies) > 1:
             paths[f"utrc-searched seed {seed}"] = policy.save(out / seed_policy_path(name, budget.reduction, seed))
@@ -80,7 +81,8 @@ def export(studies: list[tuple[str, str]], name: str, out: str | Path) -> dict[s
     chosen = min(range(len(bests)), key=lambda s: (next(iter(bests[s].provenance["objective"].values())), s))
     searched = bests[chosen]
     if len(bests) > 1:
-        seeds = [{"seed": s, "study": p.provenance["study"], "objective": p.provenance["objective"]} for s, p in enumerate(bests)]
+        seeds = [{"seed": s, "study": p.provenance["study"], "objective": p.provenance["objective"]}
+                 for s, p in enumerate(bests)]
         searched = replace(searched, provenance={**searched.provenance, "chosen_from": seeds})
     paths["utrc-searched"] = searched.save(out / policy_path(name, "utrc-searched", budget.reduction))
 
@@ -95,7 +97,8 @@ def export(studies: list[tuple[str, str]], name: str, out: str | Path) -> dict[s
         if run == "utrc-paper" and paper_trial is not None:
             meta.update(trial=paper_trial.number, objective=_objective(study, paper_trial))
             measured = _trial_measured(paper_trial, study)
-        paths[run] = _with_meta(policy, shape, budget, meta, measured).save(out / policy_path(name, run, budget.reduction))
+        policy = _with_meta(policy, shape, budget, meta, measured)
+        paths[run] = policy.save(out / policy_path(name, run, budget.reduction))
     return paths
 
 
@@ -122,7 +125,7 @@ def _common(storage: str, study_name: str, study: optuna.Study) -> dict:
 
 
 def _objective(study: optuna.Study, trial) -> dict:
-    return dict(zip(study.user_attrs.get("objectives", ["quality_loss"]), trial.values))
+    return dict(zip(study.user_attrs.get("objectives", ["quality_loss"]), trial.values, strict=True))
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -167,8 +170,8 @@ def trials_table(study: optuna.Study):
         for key in ("importance", "importance_source", "prune_share", "hidden_strategy", "residual_strategy"):
             row[key] = policy.get(key)
         layers = policy.get("layers", {})
-        for l in range(n_layer):
-            row[f"keep_{l}"] = layers.get(str(l), {}).get("keep", 1.0) if policy else None
+        for layer in range(n_layer):
+            row[f"keep_{layer}"] = layers.get(str(layer), {}).get("keep", 1.0) if policy else None
         row.update({f"param_{k}": v for k, v in t.params.items()})
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
@@ -194,7 +197,8 @@ def _trial_measured(trial, study: optuna.Study) -> dict:
 
 def _with_meta(policy: Policy, shape: ModelShape, budget: Budget, meta: dict, measured: dict | None) -> Policy:
     est = estimate_flops(shape, policy, budget.seq_len, budget.protect_last)
-    estimates = {k: est[k] for k in ("reduction", "token_fraction_proxy", "dense", "reduced", "seq_len", "protect_last")}
+    keys = ("reduction", "token_fraction_proxy", "dense", "reduced", "seq_len", "protect_last")
+    estimates = {k: est[k] for k in keys}
     return replace(policy, estimates=estimates, measured=measured, provenance=meta)
 
 
@@ -209,7 +213,7 @@ def main(argv=None) -> None:
     try:
         paths = export([tuple(s) for s in args.study], args.name, args.out)
     except (StudyError, BudgetError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     for key, path in paths.items():
         print(f"{key:24} {path}")
 

@@ -40,7 +40,8 @@ def test_seeds_are_averaged_and_listed():
     out = compare({"s0.json": SEARCHED, "s1.json": worse}, {"utrc-paper": ("p.json", PAPER)}, 0.3)
     d = out["against"]["utrc-paper"]["difference"]
     assert d["per_seed"] == pytest.approx([0.125, -0.25]) and d["mean"] == pytest.approx(-0.0625)
-    assert out["searched"]["average"]["n"] == 2 and [s["file"] for s in out["searched"]["seeds"]] == ["s0.json", "s1.json"]
+    assert out["searched"]["average"]["n"] == 2
+    assert [s["file"] for s in out["searched"]["seeds"]] == ["s0.json", "s1.json"]
 
 
 def test_verdict_needs_equal_or_lower_cost():

@@ -50,9 +50,11 @@ class Budget:
 
     def __post_init__(self):
         if not 0.0 < self.reduction < 1.0:
-            raise BudgetError(f"budget: expected a FLOPs reduction in (0, 1) (e.g. 0.3 for 30 %), got {self.reduction!r}")
+            raise BudgetError(
+                f"budget: expected a FLOPs reduction in (0, 1) (e.g. 0.3 for 30 %), got {self.reduction!r}")
         if self.seq_len < 2 or not 0 <= self.protect_last < self.seq_len:
-            raise BudgetError(f"budget: need seq_len >= 2 and 0 <= protect_last < seq_len, got {self.seq_len}, {self.protect_last}")
+            raise BudgetError(f"budget: need seq_len >= 2 and 0 <= protect_last < seq_len, got {self.seq_len}, "
+                              f"{self.protect_last}")
 
 
 @dataclass(frozen=True)
@@ -65,17 +67,17 @@ class Fitted:
 
 def keeps_along(weights: Mapping[int, float], s: float, grid: float | None) -> dict[int, float]:
     """Keep ratio of each block at point s in [0, 2] of the path (see the module docstring)."""
-    positive = {l: w for l, w in weights.items() if w > 0}
+    positive = {layer: w for layer, w in weights.items() if w > 0}
     if not positive:
-        positive = {l: 1.0 for l in weights}  # no preference: every block alike
+        positive = dict.fromkeys(weights, 1.0)  # no preference: every block alike
     K = MIN_KEEP / min(positive.values())
     keeps = {}
-    for l in weights:
-        if l in positive:
-            raw = max(MIN_KEEP, 1.0 - min(s, 1.0) * K * positive[l])
+    for layer in weights:
+        if layer in positive:
+            raw = max(MIN_KEEP, 1.0 - min(s, 1.0) * K * positive[layer])
         else:
             raw = 1.0 - max(0.0, s - 1.0) * (1.0 - MIN_KEEP)
-        keeps[l] = _on_grid(raw, grid)
+        keeps[layer] = _on_grid(raw, grid)
     return keeps
 
 
@@ -99,9 +101,8 @@ def fit(
         raise BudgetError("no layers to place the reduction on")
 
     def evaluate(keeps: Mapping[int, float]) -> tuple[Policy, dict]:
-        layers = {
-            l: LayerSpec(k, None if prune_shares is None else prune_shares.get(l)) for l, k in keeps.items() if k < 1.0
-        }
+        layers = {layer: LayerSpec(k, None if prune_shares is None else prune_shares.get(layer))
+                  for layer, k in keeps.items() if k < 1.0}
         policy = replace(base, layers=layers)
         return policy, estimate_flops(shape, policy, budget.seq_len, budget.protect_last)
 
@@ -126,7 +127,7 @@ def fit(
 
 def max_reduction(shape: ModelShape, base: Policy, layers, budget: Budget) -> float:
     """The largest nominal reduction any policy over `layers` reaches (every block at keep 0.5)."""
-    policy = replace(base, layers={l: LayerSpec(MIN_KEEP) for l in layers})
+    policy = replace(base, layers={layer: LayerSpec(MIN_KEEP) for layer in layers})
     return estimate_flops(shape, policy, budget.seq_len, budget.protect_last)["reduction"]
 
 
@@ -141,7 +142,7 @@ def schedule_policy(run: str, shape: ModelShape, budget: float | Budget, *, name
         raise ValueError(f"run: expected one of {SCHEDULE_RUNS}, got {run!r}")
     budget = budget if isinstance(budget, Budget) else Budget(float(budget), seq_len=seq_len)
     base = Policy(method=METHOD[run], model=ModelSpec.of(shape, name))
-    weights = {l: 1.0 for l in paper_layers(shape.n_layer)}
+    weights = dict.fromkeys(paper_layers(shape.n_layer), 1.0)
     try:
         return fit(shape, base, weights, budget, grid).policy
     except BudgetError as err:

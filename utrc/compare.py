@@ -108,15 +108,16 @@ def _tasks(doc: dict) -> dict[str, int]:
     tasks = {t: len(doc["tasks"][t].get("item_scores", {}).get("doc_id", [])) for t in doc["average_over"]}
     missing = [t for t, n in tasks.items() if n == 0]
     if missing or not tasks:
-        raise CompareError(f"{doc.get('policy_file') or doc['method']}: no per-item scores for {missing or 'any task'}; "
-                           "evaluate with --item-scores (utrc.evaluation)")
+        raise CompareError(f"{doc.get('policy_file') or doc['method']}: no per-item scores for "
+                           f"{missing or 'any task'}; evaluate with --item-scores (utrc.evaluation)")
     return tasks
 
 
 def _summary(file: str, doc: dict, tasks: dict) -> dict:
     realized = [doc["tasks"][t]["realized_flops_reduction"] or 0.0 for t in tasks]
     return {"file": str(file), "method": doc["method"], "average": doc["average"],
-            "nominal_flops_reduction": doc["nominal"]["reduction"], "realized_flops_reduction": statistics.fmean(realized)}
+            "nominal_flops_reduction": doc["nominal"]["reduction"],
+            "realized_flops_reduction": statistics.fmean(realized)}
 
 
 def _differences(a: dict, b: dict, tasks: dict) -> dict[str, np.ndarray]:
@@ -125,7 +126,8 @@ def _differences(a: dict, b: dict, tasks: dict) -> dict[str, np.ndarray]:
     for task in tasks:
         ta, tb = a["tasks"].get(task), b["tasks"].get(task)
         if tb is None or "item_scores" not in tb:
-            raise CompareError(f"{b.get('policy_file') or b['method']}: no per-item scores of {task}; evaluate with --item-scores")
+            raise CompareError(f"{b.get('policy_file') or b['method']}: no per-item scores of {task}; "
+                               "evaluate with --item-scores")
         ia, ib = ta["item_scores"], tb["item_scores"]
         if ia["doc_id"] != ib["doc_id"] or ia["doc_hash"] != ib["doc_hash"]:
             raise CompareError(f"{task}: the two evaluations scored different items; they cannot be paired")
@@ -139,10 +141,18 @@ def _spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def _read(path: str) -> dict:
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != "utrc-results/1":
+        raise SystemExit(f"error: {path}: expected a utrc-results/1 file (utrc.evaluation), got {doc.get('format')!r}")
+    return doc
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m utrc.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--searched", nargs="+", required=True, help="utrc-results/1 files of the searched policy, one per seed")
+    ap.add_argument("--searched", nargs="+", required=True,
+                    help="utrc-results/1 files of the searched policy, one per seed")
     ap.add_argument("--against", action="append", required=True, metavar="RUN=FILE", help="another run's results file")
     ap.add_argument("--budget", type=float, required=True, help="the nominal FLOPs budget the policies were fitted to")
     ap.add_argument("--out", required=True)
@@ -150,22 +160,22 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--cost-tolerance", type=float, default=COST_TOLERANCE)
     args = ap.parse_args(argv)
-    read = lambda path: json.loads(Path(path).read_text())
     against = {}
     for item in args.against:
         run, sep, file = item.partition("=")
         if not sep or not file:
             ap.error(f"--against {item!r}: expected RUN=FILE")
-        against[run] = (file, read(file))
+        against[run] = (file, _read(file))
     try:
-        doc = compare({f: read(f) for f in args.searched}, against, args.budget, resamples=args.resamples,
+        doc = compare({f: _read(f) for f in args.searched}, against, args.budget, resamples=args.resamples,
                       seed=args.seed, cost_tolerance=args.cost_tolerance)
     except CompareError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     atomic_write_json(args.out, doc, indent=1)
     for run, c in doc["against"].items():
         d = c["difference"]
-        print(f"utrc-searched - {run}: {100 * d['mean']:+.1f} points [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], "
+        low, high = d["ci95"]
+        print(f"utrc-searched - {run}: {100 * d['mean']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], "
               f"realized FLOPs reduction {100 * doc['searched']['realized_flops_reduction']['mean']:.1f} % vs "
               f"{100 * c['realized_flops_reduction']:.1f} %: {c['verdict']}")
 
