@@ -290,20 +290,6 @@ def realized_flops(
     return result
 
 
-# --- solving a schedule for a budget ------------------------------------------------------------
-
-
-def solve_keep(shape: ModelShape, layers, target_reduction: float, seq_len: int = 2048, protect_last: int = 1,
-               base_policy: Policy | None = None) -> float:
-    """The one keep ratio at `layers` that `utrc.budget.fit` gives `target_reduction` (never below
-    it). Only `utrc.profile.budget_policy` calls this; it goes once that calls `utrc.budget`."""
-    from .budget import Budget, fit
-
-    base = base_policy or Policy(method="utrc", model=ModelSpec.of(shape), layers={})
-    fitted = fit(shape, base, {int(l): 1.0 for l in layers}, Budget(target_reduction, seq_len, protect_last))
-    return next(iter(fitted.policy.layers.values())).keep
-
-
 # --- command line -------------------------------------------------------------------------------
 
 
