@@ -53,6 +53,7 @@ class Run:
     pareto: dict = field(default_factory=dict)  # tag -> list of row dicts: search.export's non-dominated trials
     evaluations: dict = field(default_factory=dict)  # method -> tag ("" for dense) -> results doc
     profiles: dict = field(default_factory=dict)  # tag -> profile doc
+    comparisons: dict = field(default_factory=dict)  # tag -> utrc-compare/1 doc (utrc.compare)
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -119,6 +120,12 @@ def load_run(manifest: dict, root: str | Path = ".") -> Run:
         doc = _json(run, path)
         if doc is not None:
             run.profiles[tag] = doc
+    for tag, path in (files.get("compare") or {}).items():
+        doc = _json(run, path)
+        if doc is not None:
+            if doc.get("format") != "utrc-compare/1":
+                raise ReportError(f"{path}: format: expected 'utrc-compare/1', got {doc.get('format')!r}")
+            run.comparisons[tag] = doc
     return run
 
 

@@ -501,6 +501,30 @@ def calibration_charts(run: Run) -> list:
     return charts
 
 
+def comparison_section(run: Run) -> list[dict]:
+    """Per budget, utrc-searched against every other run at the cost each really had (utrc.compare):
+    the paired difference with its interval, both realized reductions and the verdict the numbers allow."""
+    out = []
+    for tag, doc in run.comparisons.items():
+        searched = doc["searched"]
+        seeds = searched["average"]["n"]
+        rows = []
+        for other in PREFERENCE[1:] + ("dense",):
+            entry = doc["against"].get(other)
+            if entry is None:
+                continue
+            diff = entry["difference"]
+            rows.append({"method": other, "label": LABELS[other], "color": COLORS[other],
+                         "difference": f"{100 * diff['mean']:+.1f}",
+                         "ci": f"[{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]",
+                         "searched_realized": pct(searched["realized_flops_reduction"]["mean"]),
+                         "other_realized": pct(entry["realized_flops_reduction"]),
+                         "verdict": entry["verdict"]})
+        out.append({"tag": tag, "label": budget_label(doc["budget"]), "rows": rows, "seeds": seeds,
+                    "spread": None if seeds < 2 else f"{100 * searched['average']['sd']:.1f}"})
+    return out
+
+
 def profile_section(run: Run, table: dict, model: dict) -> dict | None:
     """The efficiency section: bar charts per budget, labelled with the baseline the ratios are against;
     on a CPU labelled as wall-clock noise and kept out of every decision."""
@@ -656,6 +680,7 @@ def model_page(run: Run, out_dir: Path) -> dict:
         "summary": table,
         "rule": RULE,
         "recommendations": recommendations(run, table, run.ref, device),
+        "comparisons": comparison_section(run),
         "accuracy_charts": accuracy_charts(run, table),
         "realized_note": realized_vs_nominal(table["rows"]),
         "keep_panels": keep_charts(run),

@@ -558,3 +558,36 @@ def test_reports_need_no_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_comparison_section_shows_the_verdict_at_realized_cost(tmp_path):
+    manifest_path = write_run(tmp_path)
+    manifest = json.loads(manifest_path.read_text())
+    compare = {"format": "utrc-compare/1", "model": MODEL, "budget": 0.3,
+               "searched": {"seeds": [{"average": 0.70}, {"average": 0.66}],
+                            "average": {"mean": 0.68, "sd": 0.0283, "min": 0.66, "max": 0.70, "n": 2},
+                            "realized_flops_reduction": {"mean": 0.366, "sd": 0.0, "min": 0.366, "max": 0.366, "n": 2}},
+               "against": {"utrc-paper": {"average": 0.581, "realized_flops_reduction": 0.404,
+                                          "difference": {"mean": 0.099, "ci95": [0.062, 0.138]},
+                                          "verdict": "not comparable: the searched policy removes 3.8 points less"},
+                           "evit": {"average": 0.53, "realized_flops_reduction": 0.294,
+                                    "difference": {"mean": 0.15, "ci95": [0.11, 0.19]}, "verdict": "better"}}}
+    path = tmp_path / "results" / "cmp" / "flops0.3.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(compare))
+    manifest["files"]["compare"] = {"0.3": str(path)}
+    manifest_path.write_text(json.dumps(manifest))
+    html = render.render_page(manifest_path, tmp_path / "out.html", root=tmp_path).read_text()
+    section = html[html.index('<section id="comparison">'):]
+    section = section[: section.index("</section>")]
+    assert "mean over 2 search seeds (spread of their averages: 2.8 points)" in section
+    rows = _rows(section, "compare")
+    paper = next(r for r in rows if "paper schedule" in r)
+    # difference and interval in points, both realized reductions, and the verdict as utrc.compare gave it
+    assert "+9.9" in paper and "[+6.2, +13.8]" in paper and "36.6 %" in paper and "40.4 %" in paper
+    assert "not comparable" in paper
+    assert "better" in next(r for r in rows if "EViT" in r)
+    bad = dict(compare, format="something-else")
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ReportError, match="utrc-compare/1"):
+        render.render_page(manifest_path, tmp_path / "out.html", root=tmp_path)
