@@ -122,7 +122,8 @@ def test_paper_layers():
 # --- edge cases: every one is a PolicyError naming the field or the cause, never a raw Python error
 
 
-@pytest.mark.parametrize("key", ["١", "²", "０", "1_0", " 1", "1 ", "+1", "01", "1" * 5000], ids=lambda k: ascii(k)[:12])
+@pytest.mark.parametrize("key", ["١", "²", "０", "1_0", " 1", "1 ", "+1", "01", "1" * 5000],
+                         ids=lambda k: ascii(k)[:12])
 def test_block_index_keys_are_ascii_decimal_integers(key):
     d = edited(("layers", key), {"keep": 0.9})
     with pytest.raises(PolicyError, match=r"layers: key .* is not a block index|layers\.1+…?: block index outside"):

@@ -3,7 +3,8 @@
 A policy is one JSON document (docs/method.md §3). `Policy.load` / `Policy.from_dict` validate every
 field and raise `PolicyError` naming the field and the expected value; a file that does not validate
 is never treated as dense. A file is read strictly: UTF-8 text, each key once per object, numbers
-JSON can hold (no NaN, no infinity), nesting at most `MAX_DEPTH` levels. `Policy` objects are immutable: derive variants with `dataclasses.replace`.
+JSON can hold (no NaN, no infinity), nesting at most `MAX_DEPTH` levels. `Policy` objects are
+immutable: derive variants with `dataclasses.replace`.
 
 All nine top-level keys of the format (`format`, `method`, `model`, `layers`, `prune_share`,
 `importance`, `importance_source`, `hidden_strategy`, `residual_strategy`) are required in a file,
