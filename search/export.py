@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from utrc import ModelShape, ModelSpec, Policy, estimate_flops
+from utrc.io import atomic_write_text
 from utrc.policy import paper_layers
 
 from . import provenance
@@ -88,12 +89,10 @@ def export(storage: str, study_name: str, out: str | Path) -> dict[str, Path]:
     for method, reason in skipped.items():
         print(f"warning: no {method} baseline at budget {budget.reduction}: {reason}", file=sys.stderr)
     table = trials_table(study)
-    paths["trials"] = out / f"trials-{tag}.csv"
-    paths["pareto"] = out / f"pareto-{tag}.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(paths["trials"], index=False)
     pareto = set(t.number for t in pareto_trials(study))
-    table[table.number.isin(pareto)].sort_values("nominal_reduction").to_csv(paths["pareto"], index=False)
+    paths["trials"] = atomic_write_text(out / f"trials-{tag}.csv", table.to_csv(index=False))
+    paths["pareto"] = atomic_write_text(out / f"pareto-{tag}.csv", table[table.number.isin(pareto)].sort_values(
+        "nominal_reduction").to_csv(index=False))
     return paths
 
 
@@ -148,6 +147,7 @@ def trials_table(study: optuna.Study):
             "state": t.state.name,
             "origin": a.get("origin", "sampled"),
             "retry_of": a.get("retry_of"),
+            "duplicate_of": a.get("duplicate_of"),  # pruned: that trial evaluates the same parameters
         }
         for i, name in enumerate(names):
             row[name] = t.values[i] if t.values else None
