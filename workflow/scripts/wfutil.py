@@ -10,12 +10,22 @@ then calls `run`, which
   log. Progress bars that redraw one line (tqdm's carriage returns) are shown at most every
   `PROGRESS_EVERY` seconds, as whole lines, so two parallel jobs do not overwrite each other;
 * raises `SystemExit` with the command's status if it fails, naming the log.
+
+Jobs die with Snakemake. A rule's script runs as a child of the Snakemake process, and the command
+as a child of the script; when Snakemake is killed outright (SIGKILL, an OOM kill), nothing would
+stop them and they would run on as orphans, still writing results. So importing this module asks
+Linux to send the script SIGTERM when its parent ends (`die_with_parent`: PR_SET_PDEATHSIG), and
+`run` asks the same for the command, so the whole chain ends with Snakemake. What a killed job
+leaves is what any kill leaves: whole files only, and a study that the next run resumes
+(docs/reliability.md). Elsewhere than Linux this is a no-op.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +33,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRESS_EVERY = 5.0  # seconds between two lines of one redrawn progress bar
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """Have Linux send this process SIGTERM when its parent ends (also called in the command's
+    process between fork and exec, so it must not allocate much or take locks)."""
+    if _LIBC is None:
+        return
+    parent = os.getppid()
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent ended before the request: end now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+die_with_parent()  # this module is imported by every rule's script, a child of Snakemake
 
 
 def python_env(threads: int) -> dict[str, str]:
@@ -65,7 +91,7 @@ def run(command: list[str], log_path: str, tag: str, threads: int = 1) -> None:
         print(f"[{tag}] $ {shlex.join(command)}", flush=True)
         start = time.time()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=python_env(threads),
-                                cwd=os.getcwd())
+                                cwd=os.getcwd(), preexec_fn=die_with_parent)
         _copy(proc.stdout, log, tag)
         status = proc.wait()
         elapsed = time.time() - start
