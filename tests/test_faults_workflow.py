@@ -26,7 +26,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_killing_snakemake_ends_its_jobs(tmp_path):
-    (tmp_path / "Snakefile").write_text('rule wait:\n    output: "done.txt"\n    log: "wait.log"\n    script: "job.py"\n')
+    (tmp_path / "Snakefile").write_text(
+        'rule wait:\n    output: "done.txt"\n    log: "wait.log"\n    script: "job.py"\n')
     (tmp_path / "job.py").write_text(
         "import os, sys\n"
         f"sys.path.insert(0, {str(ROOT / 'workflow' / 'scripts')!r})\n"
