@@ -192,6 +192,7 @@ class RepairingJournalFile(JournalFileBackend):
 
     def __init__(self, path: str):
         self._journal_lock = HolderLock(path)
+        self._journal_lock.sweep()
         super().__init__(path, lock_obj=self._journal_lock)
         self.path = path
 
@@ -250,6 +251,13 @@ def drop_torn_tail(path: str) -> bytes:
         return dropped
 
 
+def _holder(target: str) -> dict | None:
+    try:
+        return json.loads(target[len(HolderLock.PREFIX):]) if target.startswith(HolderLock.PREFIX) else None
+    except ValueError:
+        return None
+
+
 class HolderLock:
     """Optuna's symlink lock (`JournalFileSymlinkLock`: the link ``<journal>.lock`` exists while a
     writer holds it) whose link target names the holder, so that a lock left by a killed process
@@ -283,19 +291,24 @@ class HolderLock:
             return
         os.unlink(moved)
 
+    def sweep(self) -> None:
+        """Remove what a holder killed between the two steps of a release left: its renamed link."""
+        folder, name = os.path.split(self.lock_file)
+        for entry in os.scandir(folder or "."):
+            if entry.name.startswith(name + ".") and entry.name.endswith(".rename") and entry.is_symlink():
+                try:
+                    if worker_gone(_holder(os.readlink(entry.path))):
+                        os.unlink(entry.path)
+                except OSError:
+                    pass  # released meanwhile
+
     def _break_if_stale(self) -> bool:
         try:
             target = os.readlink(self.lock_file)
             age = time.time() - os.lstat(self.lock_file).st_mtime
         except OSError:
             return True  # released meanwhile: try again at once
-        holder = None
-        if target.startswith(self.PREFIX):
-            try:
-                holder = json.loads(target[len(self.PREFIX):])
-            except ValueError:
-                pass
-        killed = worker_gone(holder)
+        killed = worker_gone(_holder(target))
         if not (killed or age > LOCK_GRACE):
             return False
         moved = f"{self.lock_file}.{uuid.uuid4().hex}.rename"

@@ -15,6 +15,7 @@ journal file without writing to it).
 from __future__ import annotations
 
 import importlib
+import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -36,6 +37,14 @@ class Child:
 
     process: multiprocessing.process.BaseProcess
     log: Path
+    ready: object  # an Event the child sets once its signal handlers are in place
+
+    def signal_after(self, delay: float, sig: int) -> bool:
+        """Wait until it is ready, then `delay` seconds, then send `sig` -> True if it still ran."""
+        if not self.ready.wait(60):
+            raise TimeoutError(f"{self.log.name}: never started:\n{self.output()[-3000:]}")
+        self.process.join(delay)
+        return self.signal(sig)
 
     @property
     def pid(self) -> int:
@@ -77,12 +86,14 @@ class Workers:
         self.folder = Path(folder)
         self.children: list[Child] = []
 
-    def start(self, entry: str, argv: list, name: str) -> Child:
+    def start(self, entry: str, argv: list, name: str, env: dict | None = None) -> Child:
         _ensure_server()
         log = self.folder / f"{name}.log"
-        process = CONTEXT.Process(target=_run, args=(entry, [str(a) for a in argv], str(log)), daemon=True)
+        ready = CONTEXT.Event()
+        process = CONTEXT.Process(target=_run, args=(entry, [str(a) for a in argv], str(log), env or {}, ready),
+                                  daemon=True)
         process.start()
-        child = Child(process, log)
+        child = Child(process, log, ready)
         self.children.append(child)
         return child
 
@@ -115,7 +126,8 @@ def _ensure_server() -> None:
             os.environ["PYTHONPATH"] = before
 
 
-def _run(entry: str, argv: list[str], log: str) -> None:
+def _run(entry: str, argv: list[str], log: str, env: dict, ready) -> None:
+    os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -123,6 +135,7 @@ def _run(entry: str, argv: list[str], log: str) -> None:
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt, as in a shell
+    ready.set()
     import torch
 
     torch.set_num_threads(1)
@@ -165,6 +178,15 @@ def journal_trials(path: Path, study_name: str) -> list:
         return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     except KeyError:
         return []
+
+
+def record(test: str, **counts) -> None:
+    """Add a test's counts (faults injected, bad inputs tried, trials lost, partial outputs left) to
+    the reliability log that benchmarks/reliability.py collects, when it runs the suite."""
+    path = os.environ.get("UTRC_RELIABILITY_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": test, **counts}) + "\n")
 
 
 def wait_for(condition, timeout: float, every: float = 0.05) -> bool:

@@ -241,8 +241,8 @@ def _show(value) -> str:
         return f"an integer of {len(str(abs(value))) if abs(value).bit_length() < 14000 else 'over 4000'} digits"
     try:
         text = repr(value)
-    except RecursionError:
-        return f"a deeply nested {type(value).__name__}"
+    except (RecursionError, ValueError):  # nested too deeply, or holding an integer beyond 4300 digits
+        return f"a {type(value).__name__} too deep or too large to show"
     return text if len(text) <= 80 else text[:76] + " ..."
 
 

@@ -7,6 +7,8 @@ What the schema's types let through, checked here:
 * numbers must be finite: YAML's `.nan` / `.inf`, or `nan` given with `--config`, are numbers to
   JSON Schema, but every bound compares false with NaN (`budgets: [nan]` would plan a study named
   `flopsnan` and fail much later, naming no key);
+* integers must be written as integers: JSON Schema takes `threads: 2.0` for an integer, the
+  command line it becomes (`--threads 2.0`) does not;
 * `search.storage`, when it is a path, must be a journal file that can be created (a path under
   `/dev/null` would fail in every search job).
 """
@@ -20,9 +22,10 @@ from pathlib import Path
 import jsonschema
 
 _BASE = jsonschema.Draft202012Validator
-Validator = jsonschema.validators.extend(
-    _BASE, type_checker=_BASE.TYPE_CHECKER.redefine(
-        "number", lambda checker, x: _BASE.TYPE_CHECKER.is_type(x, "number") and math.isfinite(x)))
+Validator = jsonschema.validators.extend(_BASE, type_checker=_BASE.TYPE_CHECKER.redefine_many({
+    "number": lambda checker, x: _BASE.TYPE_CHECKER.is_type(x, "number") and math.isfinite(x),
+    "integer": lambda checker, x: isinstance(x, int) and not isinstance(x, bool),  # not 2.0: `--threads 2.0` fails
+}))
 
 
 def coerce(value, schema):
