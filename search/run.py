@@ -106,10 +106,22 @@ def main(argv=None) -> None:
     except (DataError, SpaceError, StudyError, CalibrationError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except BaseException as err:  # re-raised unless it is an interruption
+        if not _interrupted(err):
+            raise
         print(f"interrupted: the study's COMPLETE trials are kept in {args.storage}; run the same command again to "
               "resume it", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _interrupted(err: BaseException | None) -> bool:
+    """A KeyboardInterrupt, or an error raised while handling one: Optuna 5.0's trial loop, when
+    interrupted while it reports a trial, fails with an UnboundLocalError instead."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__context__
+    return False
 
 
 @dataclass
