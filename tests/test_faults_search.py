@@ -25,7 +25,7 @@ from utrc import Policy
 
 SEED = 20261130
 ROUNDS = 30  # rounds of one or two workers, each worker stopped by one signal
-CUTS = 120  # torn journals
+CUTS = 160  # torn journals
 COMPLETE = TrialState.COMPLETE
 
 

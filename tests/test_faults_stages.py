@@ -28,7 +28,7 @@ KILLS = {"calibration": 15, "evaluation": 10, "report": 25}
 
 def kill_at_random_moments(workers, stage, entry, argv_for, check, tmp_path, env=None):
     """Run `entry` once cleanly (its duration sets the range of the moments), then KILLS[stage]
-    times, each stopped by SIGKILL or SIGINT at a moment drawn uniformly from [0, 1.2 x duration];
+    times, each stopped by SIGKILL or SIGINT at a moment drawn uniformly from [0, duration);
     `check(out_folder, finished)` checks each run's outputs -> the number of signals that landed."""
     rng = random.Random(f"{SEED} {stage}")
     clean = workers.start(entry, argv_for(tmp_path / "reference"), f"{stage}-reference", env)
@@ -41,7 +41,7 @@ def kill_at_random_moments(workers, stage, entry, argv_for, check, tmp_path, env
         out = tmp_path / f"run{i}"
         sig = rng.choice((signal.SIGKILL, signal.SIGINT))
         child = workers.start(entry, argv_for(out), f"{stage}-{i}", env)
-        hit = child.signal_after(rng.uniform(0.0, 1.2 * duration), sig)
+        hit = child.signal_after(rng.uniform(0.0, duration), sig)
         code = child.wait()
         landed += hit
         if code != 0:
