@@ -18,7 +18,9 @@ search/study.py and search/storage.py).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -110,7 +112,12 @@ def main(argv=None) -> None:
         if not _interrupted(err):
             raise
         print(f"interrupted: the study's COMPLETE trials are kept in {args.storage}; run the same command again to "
-              "resume it", file=sys.stderr)
+              "resume it", file=sys.stderr, flush=True)
+        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            # Optuna's heartbeat thread, when the interruption came between its start and its stop,
+            # beats on and would keep the process alive: leave now (the journal takes any state)
+            sys.stdout.flush()
+            os._exit(130)
         raise SystemExit(130) from None
 
 
