@@ -15,6 +15,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+include: "workflow/rules/python.smk"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/search.smk"

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
-from utrc.io import atomic_write_json
+from utrc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from utrc.policy import IMPORTANCE_METRICS
 from utrc.reduction import importance_scores
 
@@ -161,9 +161,9 @@ def save(cal: Calibration, table_path: str | Path, summary_path: str | Path) -> 
     for p in (table_path, summary_path):
         p.parent.mkdir(parents=True, exist_ok=True)
     if table_path.suffix == ".parquet":
-        cal.table.to_parquet(table_path, index=False)
+        atomic_write_bytes(table_path, cal.table.to_parquet(index=False))
     elif table_path.suffix == ".csv":
-        cal.table.to_csv(table_path, index=False)
+        atomic_write_text(table_path, cal.table.to_csv(index=False))
     else:
         raise CalibrationError(f"table file {table_path}: expected a .parquet or .csv suffix")
     summary = dict(cal.summary, table={"path": table_path.name, "sha256": provenance.file_hash(table_path)})

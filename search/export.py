@@ -160,6 +160,7 @@ def trials_table(study: optuna.Study):
             "state": t.state.name,
             "origin": a.get("origin", "sampled"),
             "retry_of": a.get("retry_of"),
+            "duplicate_of": a.get("duplicate_of"),  # pruned: that trial evaluates the same parameters
         }
         for i, name in enumerate(names):
             row[name] = t.values[i] if t.values else None

@@ -7,13 +7,20 @@ Order of work: arguments and the text source are checked, the model is loaded, t
 and the budget are checked against the model (an unreachable budget, a searchable layer outside
 the model or an empty calibration set stop here, before any trial), the dense outputs of the dev
 set are computed once, then the study is created or resumed and runs until it holds `--n-trials`
-COMPLETE trials. Several workers may run this command on the same `--storage` at once.
+COMPLETE trials. Several workers may run this command on the same `--storage` at once, with
+the same `--seed` (each trial's draws are seeded by its own number).
+
+Ctrl-C stops it with status 130; a kill (SIGTERM, SIGKILL, a lost machine) stops it anywhere.
+Either way the COMPLETE trials are kept and running the same command again resumes the study (see
+search/study.py and search/storage.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -49,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--storage", required=True, help="journal file path, or an RDB URL (sqlite:///x.db, postgresql://...)")
     ap.add_argument("--study-name", default=None, help="default: <model>-flops<budget %%>")
     ap.add_argument("--n-trials", type=int, default=200, help="COMPLETE trials the study should hold")
-    ap.add_argument("--seed", type=int, default=0, help="sampler seed")
+    ap.add_argument("--seed", type=int, default=0, help="sampler seed; each trial reseeds it with its own number, so "
+                    "workers sharing a seed never propose the same trials")
     g = ap.add_argument_group("dev set (held out from calibration: taken from the tail of the text)")
     g.add_argument("--text", default="demo", help="demo[:COUNT], a .txt/.jsonl/.json file, or hf:NAME[:CONFIG[:SPLIT]]")
     g.add_argument("--text-seed", type=int, default=None, help="seed of the demo text generator (default: its own)")
@@ -82,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dev-error-weight", type=float, default=1.0)
     g.add_argument("--dev-tasks", default="demo", help="lm-eval tasks for dev accuracy ('demo': the demo tasks' dev split)")
     g.add_argument("--dev-limit", type=int, default=None, help="items per dev task")
-    g.add_argument("--stale-after", type=float, default=900.0, help="seconds after which a RUNNING trial of an "
-                   "unknown worker counts as stale")
+    g.add_argument("--stale-after", type=float, default=900.0, help="seconds without a heartbeat after which a "
+                   "RUNNING trial of a worker on another host counts as stale (workers on this host are asked "
+                   "directly)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -99,6 +108,27 @@ def main(argv=None) -> None:
     except (DataError, SpaceError, StudyError, CalibrationError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BaseException as err:  # re-raised unless it is an interruption
+        if not _interrupted(err):
+            raise
+        print(f"interrupted: the study's COMPLETE trials are kept in {args.storage}; run the same command again to "
+              "resume it", file=sys.stderr, flush=True)
+        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            # Optuna's heartbeat thread, when the interruption came between its start and its stop,
+            # beats on and would keep the process alive: leave now (the journal takes any state)
+            sys.stdout.flush()
+            os._exit(130)
+        raise SystemExit(130) from None
+
+
+def _interrupted(err: BaseException | None) -> bool:
+    """A KeyboardInterrupt, or an error raised while handling one: Optuna 5.0's trial loop, when
+    interrupted while it reports a trial, fails with an UnboundLocalError instead."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__context__
+    return False
 
 
 @dataclass

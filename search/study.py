@@ -1,37 +1,39 @@
-"""One Optuna study per (model, FLOPs budget): storage, resume, the trial objective, seeding.
+"""One Optuna study per (model, FLOPs budget): creation, resume, the trial objective, seeding.
 
-Storage: a path is an Optuna `JournalStorage` on a `JournalFileBackend` file (several worker
-processes may share it; the file lock serialises writes); a URL (``sqlite:///…``,
-``postgresql://…``) is an `RDBStorage` with Optuna's heartbeat (stale trials failed and retried
-by `RetryFailedTrialCallback`).
+Storage (`search.storage`): a path is an Optuna journal file, a URL an RDB; both with a heartbeat,
+so a RUNNING trial is failed as stale (and its parameters enqueued again) only when its owner is
+really gone, and a worker killed at any moment loses nothing but the trial it was running.
+Completed trials are never touched; the study runs until it holds `n_trials` COMPLETE trials,
+however many workers, interruptions and restarts that takes.
 
-Resume: the journal backend has no heartbeat in Optuna 5, so every worker marks stale trials
-itself before it starts (`recover_stale_trials`): a RUNNING trial is stale when the worker that
-owns it (user attr ``worker``: host, pid, process start time) is a dead process on this host, or
-when it started more than `stale_after` seconds ago (workers on other hosts). A stale trial is
-set to FAIL and its parameters are enqueued again, so e.g. the paper's schedule is always
-evaluated. Completed trials are never touched; the study runs until it holds `n_trials` COMPLETE
-trials, however many workers and restarts that takes.
+The first trials enqueued in a new study ("seeded", `SEEDED`): the paper's hand-set schedule at the
+same budget (so the best trial can only be at least as good), then the calibration prior (removal
+weights inversely proportional to each block's measured sensitivity) and uniform removal over all
+searchable blocks. Each is evaluated exactly once per study, whatever interrupts it:
 
-The first trials enqueued in a new study: the paper's hand-set schedule at the same budget (so
-the best trial can only be at least as good), then the calibration prior (removal weights
-inversely proportional to each block's measured sensitivity) and uniform removal over all
-searchable blocks. Then the TPE sampler, seeded.
+* a seeded trial that no longer has a COMPLETE, WAITING or RUNNING copy (Ctrl-C failed it) is
+  enqueued again when a worker starts (`requeue_seeded`), and a worker does not stop while one
+  waits;
+* a trial whose parameters another trial already evaluates (its lineage, `search.storage.lineage`,
+  is COMPLETE, or RUNNING under a lower number) is pruned at its start (user attr
+  ``duplicate_of``), so copies enqueued by workers racing each other are run once;
+* a worker whose running trial was failed as stale elsewhere (its heartbeat stalled) keeps its
+  result (`keep_late_result`) instead of crashing.
+
+Then the TPE sampler, reseeded before each trial from (seed, trial number): workers sharing a
+seed never propose alike, and a single worker's run is reproducible.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
 import time
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from utrc import ModelShape, ModelSpec, Policy
@@ -42,6 +44,7 @@ from utrc.policy import paper_layers
 from . import provenance
 from .objective import DenseReference
 from .space import FEASIBILITY, Budget, SearchSpace, SpaceError, check_reachable, paper_weights
+from .storage import SEEDED, StorageError, fail_stale_trials, lineage, open_storage, worker_id
 
 PAPER_PARAMS = {"importance": "clip/ssm_output", "prune_share": 0.5, "residual_strategy": "merge", "hidden_strategy": "hybrid"}
 QUALITIES = ("kl", "dev_error", "kl+dev_error")
@@ -61,7 +64,7 @@ class StudyConfig:
     quality: str = "kl"  # "kl" | "dev_error" (1 - dev accuracy) | "kl+dev_error"
     dev_error_weight: float = 1.0  # weight of dev_error in "kl+dev_error"
     n_startup_trials: int = 10  # random trials before TPE models the history
-    stale_after: float = 900.0  # seconds after which a RUNNING trial of an unknown worker is stale
+    stale_after: float = 900.0  # seconds without heartbeat after which a trial of another host's worker is stale
 
     def settings(self) -> dict:
         """What must not change when a study is resumed."""
@@ -80,97 +83,46 @@ def default_study_name(model_name: str, budget: Budget) -> str:
     return f"{tag}-flops{budget_tag(budget.reduction)}"
 
 
-# --- storage ----------------------------------------------------------------------------------
-
-
-def open_storage(storage: str, heartbeat_interval: int = 60):
-    """A journal file storage for a path, an RDB storage (with heartbeat) for a URL."""
-    if "://" in storage:
-        return RDBStorage(
-            storage,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=3 * heartbeat_interval,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-        )
-    directory = os.path.dirname(os.path.abspath(storage))
-    os.makedirs(directory, exist_ok=True)
-    return JournalStorage(JournalFileBackend(storage))
+# --- storage and workers -----------------------------------------------------------------------
 
 
 def load_study(storage: str, study_name: str) -> optuna.Study:
     """An existing study, or StudyError listing the studies the storage holds."""
-    store = open_storage(storage)
+    store = _open(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if study_name not in names:
         raise StudyError(f"study {study_name!r} not found in {storage}; it holds {names or 'no study'}")
     return optuna.load_study(study_name=study_name, storage=store)
 
 
-# --- worker identity and stale trials ---------------------------------------------------------
-
-
-def _start_ticks(pid: int) -> str | None:
-    """Start time of a process (Linux /proc), so that a reused pid is not mistaken for the worker."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def worker_id() -> dict:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _start_ticks(pid)}
-
-
-def _worker_dead(worker: dict | None) -> bool:
-    if not worker or worker.get("host") != socket.gethostname():
-        return False  # unknown here: only the timeout can tell
-    pid = worker.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return worker.get("start") is not None and _start_ticks(pid) != worker.get("start")
-
-
-def recover_stale_trials(study: optuna.Study, storage, stale_after: float) -> list[int]:
-    """Mark stale RUNNING trials of `study` (opened on the storage object `storage`) FAIL and
-    enqueue their parameters again -> the stale trials' numbers.
-
-    A trial's owner is its ``worker`` user attr. A trial killed before its objective recorded that
-    (the few milliseconds after Optuna created it) has no owner; it is stale when every worker
-    that ever registered with the study (study user attrs ``worker <host> <pid> <start>``) is a
-    dead process on this host. Otherwise a trial is stale after `stale_after` seconds.
-    """
-    study_id = storage.get_study_id_from_name(study.study_name)
-    registered = [v for k, v in study.user_attrs.items() if k.startswith("worker ")]
-    all_workers_dead = bool(registered) and all(_worker_dead(w) for w in registered)
-    now = time.time()
-    stale = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        started = t.datetime_start.timestamp() if t.datetime_start else now
-        owner = t.user_attrs.get("worker")
-        gone = _worker_dead(owner) if owner else all_workers_dead
-        if gone or now - started > stale_after:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, "failed_as", "stale: its worker is gone")  # before FAIL freezes it
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            params = dict(t.system_attrs.get("fixed_params") or t.params)
-            study.enqueue_trial(params, user_attrs={"origin": t.user_attrs.get("origin", "sampled"), "retry_of": t.number})
-            stale.append(t.number)
-    return stale
-
-
 def register_worker(study: optuna.Study) -> dict:
-    """Record this process in the study's user attrs (see `recover_stale_trials`) -> its id."""
+    """Record this process in the study's user attrs (a trial killed before its first heartbeat is
+    stale once every registered worker is gone, see `search.storage`) -> its id."""
     me = worker_id()
     study.set_user_attr(f"worker {me['host']} {me['pid']} {me['start']}", dict(me, since=provenance.now()))
     return me
+
+
+def requeue_seeded(study: optuna.Study) -> list[str]:
+    """Enqueue again every seeded trial of which no copy is COMPLETE, WAITING or RUNNING (a Ctrl-C
+    failed it; or it was pruned as a copy of one that then failed) -> the origins enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    out = []
+    for origin in SEEDED:
+        copies = [t for t in trials if lineage(t) == origin and "fixed_params" in t.system_attrs]
+        if copies and not any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in copies):
+            last = copies[-1]
+            study.enqueue_trial(last.system_attrs["fixed_params"],
+                                user_attrs={"origin": origin, "retry_of": last.number})
+            out.append(origin)
+    return out
+
+
+def _open(storage: str, stale_after: float = 900.0):
+    try:
+        return open_storage(storage, stale_after)
+    except StorageError as e:
+        raise StudyError(str(e)) from None
 
 
 # --- creating / resuming ----------------------------------------------------------------------
@@ -183,17 +135,16 @@ def create_or_resume(storage: str, study_name: str, config: StudyConfig, shape: 
     SpaceError before any trial runs."""
     validate(config, shape)
     reach = check_reachable(shape, spec, config.space, config.budget)
-    store = open_storage(storage)
+    store = _open(storage, config.stale_after)
     directions = ["minimize", "maximize"] if config.multi_objective else ["minimize"]
-    existing = {s.study_name for s in optuna.get_all_study_summaries(store)}
-    sampler = _sampler(config, study_name, store if study_name in existing else None)
-    study = optuna.create_study(storage=store, study_name=study_name, sampler=sampler, directions=directions,
+    study = optuna.create_study(storage=store, study_name=study_name, sampler=_sampler(config), directions=directions,
                                 load_if_exists=True)
     settings = config.settings()
     stored = study.user_attrs.get("settings")
-    if stored is None:
+    if stored is None:  # new, or its creation was interrupted: "settings", written last, marks it done
+        for params, origin in first_trials(config, shape, calibration):
+            study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
         attrs = {
-            "settings": settings,
             "feasibility": FEASIBILITY,
             "model": {"spec": {"name": spec.name, "architecture": spec.architecture, "n_layer": spec.n_layer,
                                "d_model": spec.d_model}, "shape": _shape_dict(shape)},
@@ -202,15 +153,15 @@ def create_or_resume(storage: str, study_name: str, config: StudyConfig, shape: 
             "dev": dev or {},
             "space_notes": list(config.space.notes),
             "sampler": {"name": "TPESampler", "seed": config.seed, "multivariate": True,
-                        "n_startup_trials": config.n_startup_trials},
+                        "n_startup_trials": config.n_startup_trials,
+                        "reseeded": "before each trial, from (seed, trial number)"},
             "objectives": ["quality_loss", "nominal_reduction"] if config.multi_objective else ["quality_loss"],
             "versions": provenance.versions(),
             "created": provenance.now(),
+            "settings": settings,
         }
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        for params, origin in first_trials(config, shape, calibration):
-            study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
     else:
         _check_same(study_name, storage, stored, settings)
         stored_dev = study.user_attrs.get("dev", {}).get("hash")
@@ -219,8 +170,9 @@ def create_or_resume(storage: str, study_name: str, config: StudyConfig, shape: 
                 f"study {study_name!r} in {storage} was scored on another dev set (hash {stored_dev[:12]}…, now "
                 f"{dev.get('hash', '')[:12]}…); use the same --text/--dev-* settings or another --study-name"
             )
-    recover_stale_trials(study, store, config.stale_after)
     register_worker(study)
+    fail_stale_trials(study)
+    requeue_seeded(study)
     return study
 
 
@@ -302,7 +254,8 @@ class Objective:
     reference   DenseReference of the dev set (cached dense outputs; start_layer <= first searchable block)
     accuracy    optional `policy -> mean accuracy` on dev items (for the dev_error qualities)
     Trial user attrs: policy (the full utrc-policy/1 dict), nominal_reduction, token_fraction_proxy,
-    overshoot, kl, top1_agreement, dev_accuracy, seconds, worker.
+    overshoot, kl, top1_agreement, dev_accuracy, seconds (the worker is in the heartbeat).
+    `last` holds the latest trial's result from the moment it is known (see `keep_late_result`).
     """
 
     def __init__(self, config: StudyConfig, reference: DenseReference, spec: ModelSpec,
@@ -321,7 +274,8 @@ class Objective:
         self.shape = reference.shape
         self.spec = spec
         self.accuracy = accuracy
-        self.worker = worker_id()
+        self.current: int | None = None  # the trial being run
+        self.last: Result | None = None
 
     def policy(self, trial) -> tuple[Policy, object]:
         """Sample (or replay) a trial's parameters -> (policy on the budget, utrc.budget.Fitted)."""
@@ -351,7 +305,11 @@ class Objective:
 
     def __call__(self, trial):
         t0 = time.perf_counter()
-        trial.set_user_attr("worker", self.worker)
+        self.current, self.last = trial.number, None
+        evaluated = evaluated_elsewhere(trial)
+        if evaluated is not None:
+            trial.set_user_attr("duplicate_of", evaluated)
+            raise optuna.TrialPruned(f"trial {evaluated} evaluates the same parameters")
         policy, projected = self.policy(trial)
         score = self.reference.score(policy)
         quality = score.kl
@@ -368,11 +326,55 @@ class Objective:
             attrs["dev_accuracy"] = acc
             quality = (1.0 - acc) if self.config.quality == "dev_error" else score.kl + self.config.dev_error_weight * (1.0 - acc)
         attrs["seconds"] = time.perf_counter() - t0
+        values = [quality, projected.reduction] if self.config.multi_objective else [quality]
+        self.last = Result(trial.number, values, attrs, dict(trial.params), dict(trial.distributions))
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if self.config.multi_objective:
-            return quality, projected.reduction
-        return quality
+        return tuple(values) if self.config.multi_objective else quality
+
+
+@dataclass(frozen=True)
+class Result:
+    """A scored trial, as the objective knew it before reporting it to the storage."""
+
+    number: int
+    values: list[float]
+    attrs: dict
+    params: dict
+    distributions: dict
+
+
+def evaluated_elsewhere(trial) -> int | None:
+    """The number of another trial of `trial`'s lineage that is COMPLETE, or RUNNING with a lower
+    number (of two racing copies the later yields), else None. Only enqueued trials (seeded,
+    retries) can have copies."""
+    trials = trial.study.get_trials(deepcopy=False)
+    me = trials[trial.number]
+    if "fixed_params" not in me.system_attrs:
+        return None
+    for t in trials:
+        if t.number != me.number and lineage(t) == lineage(me) and (
+                t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < me.number)):
+            return t.number
+    return None
+
+
+def keep_late_result(study: optuna.Study, result: Result) -> str:
+    """Keep the result of a trial that was failed as stale while its owner still ran it (its
+    heartbeat stalled: a suspended process, an unreachable file system): as a new COMPLETE trial
+    of the same lineage (`late_result_of` names the failed one), unless another copy of that
+    lineage is COMPLETE or RUNNING already. -> what happened, for the log."""
+    failed = study.get_trials(deepcopy=False)[result.number]
+    mine = lineage(failed)
+    other = next((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                  if lineage(t) == mine), None)
+    if other is not None:
+        return f"trial {result.number} was failed as stale while it ran; trial {other} evaluates its parameters"
+    study.add_trial(optuna.trial.create_trial(
+        params=result.params, distributions=result.distributions, values=result.values,
+        user_attrs={**failed.user_attrs, **result.attrs, "lineage": mine, "late_result_of": result.number}))
+    return (f"trial {result.number} was failed as stale while it ran; its result is kept as trial "
+            f"{len(study.get_trials(deepcopy=False)) - 1}")
 
 
 def run(study: optuna.Study, objective: Objective, n_trials: int, progress: Callable[[str], None] | None = print) -> int:
@@ -384,24 +386,50 @@ def run(study: optuna.Study, objective: Objective, n_trials: int, progress: Call
         if progress and trial.number % 10 == 0:
             progress(f"trial {trial.number}: {trial.state.name} values={trial.values} ({complete()}/{n_trials} complete)")
 
+    def seeded_waiting() -> bool:
+        return any(lineage(t) in SEEDED for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
-    while complete() < n_trials:
-        study.optimize(objective, n_trials=n_trials - complete(), callbacks=[stop, report])
+    while complete() < n_trials or seeded_waiting():
+        try:
+            study.optimize(objective, n_trials=max(1, n_trials - complete()), callbacks=[stop, report])
+        except (ValueError, UpdateFinishedTrialError) as err:
+            # Another worker failed our running trial as stale meanwhile (its retry is enqueued):
+            # Optuna refuses our writes to it. Go on, keeping its result if it was scored.
+            if not (isinstance(err, UpdateFinishedTrialError) or str(err) == "Cannot tell a FAIL trial."):
+                raise
+            last = objective.last
+            message = (keep_late_result(study, last) if last is not None and last.number == objective.current else
+                       f"trial {objective.current} was failed as stale before it was scored; its retry will run it")
+            if progress:
+                progress(message)
     return complete()
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _sampler(config: StudyConfig, study_name: str, storage) -> optuna.samplers.BaseSampler:
-    # A resumed worker continues from a different seed so it does not replay the first run's draws.
-    done = 0
-    if storage is not None:
-        done = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=config.seed + done, multivariate=True,
-                                          n_startup_trials=config.n_startup_trials)
+        return TrialSeededTPE(seed=config.seed, multivariate=True, n_startup_trials=config.n_startup_trials)
+
+
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random state is reseeded before each trial from (seed, trial number). Trial numbers
+    are unique within a study, so workers given the same seed (the command line's default 0)
+    never propose alike, a resumed worker does not replay earlier draws, and one worker's run is
+    reproducible. (The random states are TPESampler's own, as of Optuna 5.0.)"""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        seed = (self._base_seed * 1_000_003 + trial.number) % 2**32
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
 
 
 def _categorical(trial, name: str, choices):

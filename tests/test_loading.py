@@ -278,6 +278,65 @@ def test_hf_format_unknown_or_missing_key_is_named(architecture, tmp_path):
         load_model(str(tmp_path))
 
 
+
+def test_hf_format_wrong_shape_is_named(tmp_path):
+    """transformers raises a RuntimeError that names no key (it prints a table instead)."""
+    from safetensors.torch import load_file, save_file
+
+    write(tiny_model("mamba2"), tmp_path, "hf")
+    state = load_file(tmp_path / "model.safetensors")
+    state["backbone.layers.1.mixer.D"] = torch.zeros(7)  # the config says num_heads = 4
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"shape mismatches: .*backbone\.layers\.1\.mixer\.D.*7.*4"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["hf", "mamba_ssm"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, fmt, bad):
+    model = tiny_model("mamba2")
+    with torch.no_grad():
+        model.backbone.layers[2].mixer.dt_bias[1] = bad
+    write(model, tmp_path, fmt)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}.*backbone\.layers\.2\.mixer\.dt_bias holds 1 "
+                                         r"(NaN|infinite) value"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt, weights", [("hf", "model.safetensors"), ("mamba_ssm", "pytorch_model.bin")])
+def test_unreadable_weights_name_the_file(tmp_path, fmt, weights):
+    write(tiny_model("mamba2"), tmp_path, fmt)
+    data = (tmp_path / weights).read_bytes()
+    (tmp_path / weights).write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=rf"cannot read the weights file {re.escape(str(tmp_path / weights))}"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt, field, value", [
+    ("hf", "num_hidden_layers", "four"),
+    ("mamba_ssm", "d_model", "big"),
+    ("mamba_ssm", "vocab_size", None),
+    ("mamba_ssm", "ssm_cfg.d_state", [8]),
+])
+def test_bad_config_values_name_the_file_and_the_field(tmp_path, fmt, field, value):
+    write(tiny_model("mamba2"), tmp_path, fmt)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    *parents, last = field.split(".")
+    target = cfg
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'config.json'))}: .*{re.escape(last)}"):
+        load_model(str(tmp_path))
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path):
+    write(tiny_model("mamba"), tmp_path, "hf")
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "mamba", "name": "caf\xe9"}')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'config.json'))} is not UTF-8 text"):
+        load_model(str(tmp_path))
+
 PICKLE_RAN = []
 
 

@@ -117,3 +117,62 @@ def test_paper_layers():
     assert paper_layers(48) == (10, 15, 20, 25, 30, 35)
     assert paper_layers(24) == (4, 6, 8, 10, 12, 14, 16)  # round(l * 24 / 64)
     assert paper_layers(4) == (1, 2, 3)  # duplicates dropped
+
+
+# --- edge cases: every one is a PolicyError naming the field or the cause, never a raw Python error
+
+
+@pytest.mark.parametrize("key", ["١", "²", "０", "1_0", " 1", "1 ", "+1", "01", "1" * 5000],
+                         ids=lambda k: ascii(k)[:12])
+def test_block_index_keys_are_ascii_decimal_integers(key):
+    d = edited(("layers", key), {"keep": 0.9})
+    with pytest.raises(PolicyError, match=r"layers: key .* is not a block index|layers\.1+…?: block index outside"):
+        Policy.from_dict(d)
+
+
+@pytest.mark.parametrize("path", [("layers", "12", "keep"), ("prune_share",), ("layers", "17", "prune_share")])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400", "1e5000"])
+def test_huge_integers_are_refused_naming_the_field(path, value):
+    with pytest.raises(PolicyError, match=r"^" + r"\.".join(path) + r": expected a number in .*digits"):
+        Policy.from_dict(edited(path, value))
+
+
+def test_a_policy_file_that_is_not_utf8_names_the_file_and_the_byte(tmp_path):
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(json.dumps(GOOD).replace("state-spaces", "caf\u00e9").encode("latin-1"))
+    with pytest.raises(PolicyError, match=r"latin1\.json: not UTF-8 text: byte 0xe9 at offset \d+"):
+        Policy.load(bad)
+
+
+def test_deep_nesting_is_refused(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text(json.dumps(GOOD)[:-1] + ', "provenance": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}")
+    with pytest.raises(PolicyError, match=r"deep\.json: JSON nested deeper than \d+ levels"):
+        Policy.load(deep)
+    nested = None
+    for _ in range(5000):
+        nested = {"x": nested}
+    with pytest.raises(PolicyError, match=r"^provenance(\.x)+: nested deeper than \d+ levels"):
+        Policy.from_dict(dict(GOOD, provenance=nested))
+
+
+@pytest.mark.parametrize("good, twice, key", [
+    ('"method": "utrc"', '"method": "evit", "method": "utrc"', "method"),
+    ('"12": {"keep": 0.905}', '"12": {"keep": 0.5}, "12": {"keep": 0.905}', "12"),
+])
+def test_duplicate_keys_are_refused_naming_the_key(tmp_path, good, twice, key):
+    """json.loads lets the last of two equal keys win silently: a policy must say each thing once."""
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(GOOD).replace(good, twice))
+    with pytest.raises(PolicyError, match=rf"dup\.json: key '{key}' appears twice"):
+        Policy.load(path)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1" + "0" * 5000])
+def test_numbers_json_cannot_hold_are_refused(tmp_path, number):
+    path = tmp_path / "num.json"
+    path.write_text(json.dumps(dict(GOOD, provenance={"kl": 0.5})).replace("0.5}", number + "}"))
+    with pytest.raises(PolicyError, match=r"num\.json: .*(not a JSON number|digits)"):
+        Policy.load(path)
+    with pytest.raises(PolicyError, match=r"^provenance\.kl: .*not a JSON number"):
+        Policy.from_dict(dict(GOOD, provenance={"kl": float(number) if len(number) < 20 else float("inf")}))

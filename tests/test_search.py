@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import faultkit
 import optuna
 import pandas as pd
 import pytest
 import torch
 from conftest import VOCAB, tiny_model
+from faultkit import workers_fixture  # noqa: F401 (the `workers` fixture)
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -22,8 +24,8 @@ from search.calibrate import CalibrationConfig, calibrate
 from search.export import export, pareto_trials
 from search.objective import DenseReference
 from search.space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget
-from search.study import (Objective, StudyConfig, StudyError, create_or_resume, recover_stale_trials,
-                          register_worker, run, worker_id)
+from search.storage import HEARTBEAT, SEEDED, fail_stale_trials, open_storage, retry_stale_trial, worker_id
+from search.study import Objective, StudyConfig, StudyError, create_or_resume, register_worker, run
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply, estimate_flops
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -228,31 +230,57 @@ def test_rdb_url_works_through_the_same_option(tmp_path):
     assert Policy.load(export([(storage, "tiny-20")], "tiny", tmp_path / "out")["utrc-searched"]).method == "utrc"
 
 
-def test_stale_running_trials_are_failed_and_retried(tmp_path):
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_stale_trials_are_failed_only_when_their_owner_is_gone(tmp_path):
+    """Same host: the process is asked (alive: never stale, however old its heartbeat). Other
+    hosts: the heartbeat's age. No heartbeat yet: stale once every other registered worker is gone."""
+    storage = open_storage(str(tmp_path / "s.journal"), stale_after=900)
     study = optuna.create_study(storage=storage, study_name="s")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    dead = {"host": worker_id()["host"], "pid": gone.pid, "start": None}
-    study.set_user_attr(f"worker {dead['host']} {dead['pid']} None", dead)
-    orphan = study.ask()  # killed before its objective recorded an owner
-    orphan.suggest_float("x", 0, 1)
-    mine = study.ask()
-    mine.set_user_attr("worker", worker_id())  # this live process
-    theirs = study.ask()
-    theirs.set_user_attr("worker", dead)
-    theirs.suggest_float("x", 0, 1)
-    assert recover_stale_trials(study, storage, stale_after=900) == [orphan.number, theirs.number]
-    states = {t.number: t.state for t in study.trials}
-    assert states[orphan.number] == states[theirs.number] == TrialState.FAIL
-    assert states[mine.number] == TrialState.RUNNING
-    retried = [t for t in study.trials if t.state == TrialState.WAITING]
-    assert [t.user_attrs["retry_of"] for t in retried] == [orphan.number, theirs.number]
-    assert retried[1].system_attrs["fixed_params"] == {"x": theirs.params["x"]}
-    register_worker(study)  # a live worker now: an ownerless RUNNING trial might be its own
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    here = worker_id()["host"]
+    dead = {"host": here, "pid": gone.pid, "start": None}
+    study.set_user_attr(f"worker {here} {gone.pid} None", dead)
+    long_ago, now = time.time() - 10_000, time.time()
+    owners = {  # trial -> (heartbeat time, owner)
+        "dead here": (now, dead),
+        "alive here, silent for hours": (long_ago, {"host": here, "pid": alive.pid, "start": None}),
+        "other host, silent": (long_ago, {"host": "elsewhere", "pid": 1, "start": "1"}),
+        "other host, beating": (now, {"host": "elsewhere", "pid": 1, "start": "1"}),
+        "no heartbeat yet": None,
+    }
+    trials = {}
+    for name, beat in owners.items():
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        if beat:
+            storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, {"time": beat[0], "worker": beat[1]})
+        trials[name] = trial.number
+    try:
+        fail_stale_trials(study)
+    finally:
+        alive.kill()
+    states = {name: study.trials[n].state for name, n in trials.items()}
+    assert states == {"dead here": TrialState.FAIL, "alive here, silent for hours": TrialState.RUNNING,
+                      "other host, silent": TrialState.FAIL, "other host, beating": TrialState.RUNNING,
+                      "no heartbeat yet": TrialState.FAIL}
+    retried = {t.user_attrs["retry_of"]: t for t in study.trials if t.state == TrialState.WAITING}
+    assert set(retried) == {trials["dead here"], trials["other host, silent"], trials["no heartbeat yet"]}
+    assert retried[trials["dead here"]].system_attrs["fixed_params"] == study.trials[trials["dead here"]].params
+    register_worker(study)  # the worker that checks is left out: it runs no trial while it checks
     fresh = study.ask()
-    assert recover_stale_trials(study, storage, stale_after=900) == []
-    assert recover_stale_trials(study, storage, stale_after=0) == [mine.number, fresh.number]  # the timeout
+    fail_stale_trials(study)  # every other registered worker is gone
+    assert study.trials[fresh.number].state == TrialState.FAIL
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        study.set_user_attr(f"worker {here} {alive.pid} None", {"host": here, "pid": alive.pid, "start": None})
+        fresh = study.ask()
+        impatient = open_storage(str(tmp_path / "s.journal"), stale_after=0)
+        fail_stale_trials(optuna.load_study(study_name="s", storage=impatient))  # a live worker here may own it
+    finally:
+        alive.kill()
+    assert study.trials[fresh.number].state == TrialState.RUNNING
 
 
 def test_killed_worker_resumes_keeping_completed_trials(tmp_path):
@@ -308,3 +336,138 @@ def _trials(storage):
     except KeyError:  # the worker has not created the study yet
         return []
     return study.get_trials(deepcopy=False)
+
+
+# --- interruptions, stale trials, torn journals, seeds (real worker processes: tests/faultkit.py) ---------------
+
+
+def search_argv(journal, n_trials, *extra):
+    """A small real search of the demo model: a worker sets up in about a second, a trial takes a fraction."""
+    return ["--model", "demo:mamba2", "--budget", "0.2", "--storage", str(journal), "--study-name", "s",
+            "--n-trials", str(n_trials), "--text", "demo:64", "--dev-sequences", "4", "--dev-length", "64",
+            "--score-last", "4", "--seq-len", "256", "--threads", "1", *extra]
+
+
+def stop_while(child, journal, condition, timeout=120):
+    """SIGSTOP `child` at a moment `condition(trials)` holds and it does not hold the journal's lock
+    -> those trials (the child stays stopped)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and child.stop():
+        trials = faultkit.journal_trials(journal, "s")
+        if condition(trials) and not Path(str(journal) + ".lock").exists():
+            return trials
+        child.signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"the condition never held; the worker's output:\n{child.output()[-3000:]}")
+
+
+def test_ctrl_c_during_the_paper_trial_loses_nothing(tmp_path, workers):
+    """Ctrl-C marks the running trial FAIL; the paper's seeded trial must still run exactly once."""
+    journal = tmp_path / "study.journal"
+    worker = workers.start("search.run:main", search_argv(journal, 8), "w1")
+    trials = stop_while(worker, journal, lambda ts: any(t.state == TrialState.RUNNING and t.user_attrs.get("origin")
+                                                        == "paper" and t.params for t in ts))
+    worker.signal(signal.SIGINT)
+    worker.signal(signal.SIGCONT)
+    worker.wait()
+    paper = [t for t in faultkit.journal_trials(journal, "s") if t.user_attrs.get("origin") == "paper"]
+    assert [t.state for t in paper] == [TrialState.FAIL] and trials[0].number == paper[0].number
+    interrupted = worker.output()
+    rerun = workers.start("search.run:main", search_argv(journal, 8), "w2")
+    assert rerun.wait() == 0, rerun.output()[-3000:]
+    trials = faultkit.journal_trials(journal, "s")
+    for origin in ("paper", "uniform"):
+        assert [t.state for t in trials if t.user_attrs.get("origin") == origin].count(TrialState.COMPLETE) == 1
+    paths = export(str(journal), "s", tmp_path / "out")
+    assert Policy.load(paths["paper"]).measured["dev_kl"] > 0
+    assert worker.process.exitcode == 130 and "interrupted: the study's COMPLETE trials are kept" in interrupted
+
+
+def test_a_live_worker_is_never_failed_however_long_its_trial_runs(tmp_path, workers):
+    """A worker that starts while another's trial has run longer than --stale-after leaves it
+    alone (its owner is a live process on this host) and the owner finishes normally."""
+    journal = tmp_path / "study.journal"
+    slow = workers.start("search.run:main", search_argv(journal, 6, "--stale-after", "1"), "a")
+    trials = stop_while(slow, journal, lambda ts: any(t.state == TrialState.RUNNING and t.params for t in ts))
+    (running,) = [t.number for t in trials if t.state == TrialState.RUNNING]
+    time.sleep(2.5)  # the stopped trial is now older than --stale-after, and its heartbeat too
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    other = workers.start("search.run:main", search_argv(journal, done + 1, "--stale-after", "1"), "b")
+    assert other.wait() == 0, other.output()[-3000:]
+    assert faultkit.journal_trials(journal, "s")[running].state == TrialState.RUNNING
+    slow.signal(signal.SIGCONT)
+    assert slow.wait() == 0, slow.output()[-3000:]
+    assert faultkit.journal_trials(journal, "s")[running].state == TrialState.COMPLETE
+
+
+def test_a_worker_whose_trial_was_failed_elsewhere_keeps_its_result(tmp_path, workers):
+    """When a worker on another host fails a trial whose heartbeat stalled (here: the owner is
+    stopped), the owner, once it runs again, neither crashes nor loses what it computed."""
+    journal = tmp_path / "study.journal"
+    owner = workers.start("search.run:main", search_argv(journal, 5), "owner")
+    def scoring(ts):  # all parameters drawn: the trial is being scored
+        full = max((len(t.params) for t in ts if t.state == TrialState.COMPLETE and t.number >= 2), default=None)
+        return any(t.state == TrialState.RUNNING and len(t.params) == full for t in ts)
+
+    trials = stop_while(owner, journal, scoring)
+    (stalled,) = [t for t in trials if t.state == TrialState.RUNNING]
+    storage = open_storage(str(journal))
+    storage.set_trial_state_values(stalled._trial_id, TrialState.FAIL)  # what fail_stale_trials does on that host
+    retry_stale_trial(optuna.load_study(study_name="s", storage=storage), stalled)
+    owner.signal(signal.SIGCONT)
+    assert owner.wait() == 0, owner.output()[-3000:]
+    assert f"trial {stalled.number} was failed as stale while it ran; its result is kept as trial" in owner.output()
+    trials = faultkit.journal_trials(journal, "s")
+    (kept,) = [t for t in trials if t.user_attrs.get("late_result_of") == stalled.number]
+    assert kept.state == TrialState.COMPLETE and kept.params == stalled.params and kept.values[0] > 0
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == stalled.number]
+    assert retry.state == TrialState.PRUNED and retry.user_attrs["duplicate_of"] == kept.number  # not run twice
+
+
+def test_a_torn_last_journal_line_is_dropped_and_said(tmp_path, capsys):
+    """A power loss mid-write leaves half a record at the end of the journal. The next worker
+    drops it (saying what) instead of appending onto it, which made the journal unreadable."""
+    study, objective, cfg, storage = setup_study(tmp_path, n_trials=4)
+    run(study, objective, 4, progress=None)
+    journal = Path(storage)
+    data = journal.read_bytes()
+    torn = data[: data.rstrip(b"\n").rfind(b"\n") + 1 + 25]  # the last record cut after 25 bytes
+    journal.write_bytes(torn)
+    kept = {t.number: t.values for t in faultkit.journal_trials(journal, "tiny-20") if t.state == TrialState.COMPLETE}
+    study, objective, _, _ = setup_study(tmp_path, storage=storage, n_trials=6)
+    assert run(study, objective, 6, progress=None) == 6
+    err = capsys.readouterr().err
+    assert f"journal {journal}: dropped its torn last line (25 bytes" in err
+    assert data[len(torn) - 25:len(torn)].decode() in err  # what was dropped
+    after = {t.number: t for t in faultkit.journal_trials(journal, "tiny-20")}
+    assert all(after[n].state == TrialState.COMPLETE and after[n].values == v for n, v in kept.items())
+    assert export(storage, "tiny-20", tmp_path / "out")["searched"].exists()
+
+
+def test_a_damaged_journal_line_is_named(tmp_path):
+    """A torn line that a program without the repair appended onto: a clear error naming the line."""
+    study, objective, cfg, storage = setup_study(tmp_path, n_trials=2)
+    run(study, objective, 2, progress=None)
+    lines = Path(storage).read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5][:10] + lines[6]
+    Path(storage).write_bytes(b"".join(lines))
+    with pytest.raises(StudyError, match=rf"journal {storage}: line 6 is a damaged record .* delete the torn start"):
+        setup_study(tmp_path, storage=storage)
+
+
+def test_workers_with_the_same_seed_propose_different_trials(tmp_path):
+    """Two workers on one study with the default seed, alternating trials: every sampled point differs
+    (each trial reseeds the sampler with its own number); one worker alone is reproducible."""
+    _, _, _, storage = setup_study(tmp_path, n_trials=20, seed=0)  # the study exists; two workers start on it
+    study, objective, _, _ = setup_study(tmp_path, storage=storage, n_trials=20, seed=0)
+    other, other_objective, _, _ = setup_study(tmp_path, storage=storage, n_trials=20, seed=0)
+    for _ in range(8):
+        run(study, objective, len(study.get_trials(states=(TrialState.COMPLETE,))) + 1, progress=None)
+        run(other, other_objective, len(other.get_trials(states=(TrialState.COMPLETE,))) + 1, progress=None)
+    sampled = [tuple(sorted(t.params.items())) for t in study.trials if t.user_attrs.get("origin") not in SEEDED]
+    assert len(sampled) >= 12 and len(set(sampled)) == len(sampled)
+    again, again_objective, _, _ = setup_study(tmp_path / "again", n_trials=16, seed=0)
+    alone, alone_objective, _, _ = setup_study(tmp_path / "alone", n_trials=16, seed=0)
+    run(again, again_objective, 6, progress=None)
+    run(alone, alone_objective, 6, progress=None)
+    assert [t.params for t in again.trials] == [t.params for t in alone.trials]

@@ -1,10 +1,12 @@
 """Writing result files atomically, and the stamp that says what produced them.
 
 Every file utrc, the search, the workflow scripts and the report write goes through
-`atomic_write_text` / `atomic_write_json`: the text goes to a uniquely named temporary file in the
-destination's folder, is flushed to disk, and replaces the destination in one `os.replace`. A
-reader (or a process killed half-way) therefore sees the old file or the new one, never half of
-one, and no temporary file is left behind. Two writers of one path never share a temporary name.
+`atomic_write_text` / `atomic_write_json` / `atomic_write_bytes`: the data goes to a temporary file
+in the destination's folder, is flushed to disk, and replaces the destination in one `os.replace`.
+A reader (or a process killed half-way) therefore sees the old file or the new one, never half of
+one. On Linux the temporary file has no name while it is written (``O_TMPFILE``) and is named
+(uniquely: two writers of one path never share it) only to be moved into place, so a writer killed
+even by SIGKILL leaves no temporary file behind; elsewhere one is left only by such a kill.
 
 This module imports nothing heavy (no torch), so the report renderer can use it.
 """
@@ -19,25 +21,41 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["atomic_write_json", "atomic_write_text", "now", "stamp", "versions"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "now", "stamp", "versions"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` atomically (parent folders are created). Returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (parent folders are created). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # a file without a name until it is complete: a writer killed meanwhile leaves nothing behind
+        fd, tmp = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644), None
+    except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE (NFS)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if tmp is None:  # name it (uniquely) only now, then move it over the destination
+                tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+                folder = os.open(path.parent, os.O_RDONLY)
+                try:  # linkat(..., AT_SYMLINK_FOLLOW): Python uses it when a dir_fd is given
+                    os.link(f"/proc/self/fd/{f.fileno()}", tmp.name, dst_dir_fd=folder, follow_symlinks=True)
+                finally:
+                    os.close(folder)
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     return path
 

@@ -1,4 +1,4 @@
-"""Load Mamba / Mamba-2 language models as transformers modules (SPEC §7, §9).
+"""Load Mamba / Mamba-2 language models as transformers modules (docs/method.md §7).
 
 `load_model(ref)` accepts
 
@@ -18,7 +18,8 @@ in eval mode, so the rest of the package only deals with one set of module names
 
 Safety: weights are read with ``torch.load(..., weights_only=True)`` or safetensors, never by
 unpickling arbitrary objects; ``trust_remote_code`` is never enabled; config values are read
-from JSON and checked, never evaluated.
+from JSON and checked, never evaluated. Every load error names the file (and the field or tensor)
+at fault; weights holding NaN or infinity are refused, naming the tensor.
 
 `save_mamba_ssm_checkpoint(model, directory)` (defined in `utrc.mamba_ssm_format`, re-exported
 here) writes a transformers Mamba / Mamba-2 model in the mamba_ssm on-disk format (the inverse
@@ -107,6 +108,8 @@ def _read_json(path: Path) -> dict:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte offset {e.start})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
@@ -216,9 +219,11 @@ def _checkpoint_format(config: dict, directory: Path) -> tuple[str, str]:
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     if model_type in ("mamba", "mamba2"):
+        _hf_config(directory, model_type)  # a bad value stops here, before the tokenizer reads the file
         return "hf", model_type
     for arch in architectures:
         if arch in _HF_ARCHITECTURES and model_type is None:
+            _hf_config(directory, _HF_ARCHITECTURES[arch])
             return "hf", _HF_ARCHITECTURES[arch]
     if model_type is None and "d_model" in config and "n_layer" in config:
         ssm_cfg = config.get("ssm_cfg") or {}
@@ -237,6 +242,18 @@ def _checkpoint_format(config: dict, directory: Path) -> tuple[str, str]:
     )
 
 
+def _hf_config(directory: Path, architecture: str):
+    """transformers' config object of a Hugging Face-format directory; a bad value names the file."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import Mamba2Config, MambaConfig
+
+    cls = Mamba2Config if architecture == "mamba2" else MambaConfig
+    try:
+        return cls.from_pretrained(str(directory), local_files_only=True)
+    except (ValueError, TypeError, StrictDataclassError) as e:
+        raise ValueError(f"{directory / 'config.json'}: {e}") from e
+
+
 # --------------------------------------------------------------------------------------------
 # reading weights safely
 # --------------------------------------------------------------------------------------------
@@ -252,6 +269,8 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
             f"refusing to load {path}: it contains pickled objects other than tensors and plain "
             f"containers (read with weights_only=True; arbitrary objects are never unpickled): {e}"
         ) from e
+    except (RuntimeError, OSError, EOFError) as e:  # a truncated or corrupted archive
+        raise _unreadable(path, e) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path} must hold a dict of tensors (a state dict), got {type(obj).__name__}")
     return obj
@@ -259,6 +278,7 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """The weights of a mamba_ssm-format directory (safetensors preferred, else pytorch_model.bin)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     files: list[Path]
@@ -284,7 +304,11 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     for file in files:
         if Path(file).resolve().parent != directory.resolve():
             raise ValueError(f"weight index of {directory} points outside the directory: {file}")
-        for key, value in loader(file).items():
+        try:
+            weights = loader(file)
+        except (SafetensorError, OSError) as e:
+            raise _unreadable(file, e) from e
+        for key, value in weights.items():
             if not isinstance(key, str) or not isinstance(value, torch.Tensor):
                 raise ValueError(
                     f"{file}: entry {key!r} is a {type(value).__name__}, not a tensor; a state dict "
@@ -296,6 +320,22 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"cannot read the weights file {path} (truncated or corrupted? copy it again): {error}")
+
+
+def _check_finite(model, where: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor: they would give
+    non-finite outputs, or scores that silently mean nothing."""
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+        counts = [f"{n} {kind} value{'s' if n > 1 else ''}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n]
+        raise ValueError(f"{where}: {name} holds {' and '.join(counts)}; the checkpoint is damaged "
+                         "(download or export it again)")
+
+
 # --------------------------------------------------------------------------------------------
 # building the model
 # --------------------------------------------------------------------------------------------
@@ -305,10 +345,12 @@ def _load_mamba_ssm(directory: Path, architecture: str, dtype, device, token_ids
     raw = _read_json(directory / "config.json")
     state = _read_state_dict(directory)
     model = mamba_ssm_to_transformers(raw, state, architecture, dtype, token_ids, directory)
+    _check_finite(model, f"the weights in {directory}")
     return model.to(device)
 
 
 def _load_hf(directory: Path, architecture: str, dtype, device):
+    from safetensors import SafetensorError
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
 
     cls = Mamba2ForCausalLM if architecture == "mamba2" else MambaForCausalLM
@@ -318,20 +360,28 @@ def _load_hf(directory: Path, architecture: str, dtype, device):
         "pytorch_model.bin",
         "pytorch_model.bin.index.json",
     ]
-    if not any((directory / w).is_file() for w in weights):
+    found = [directory / w for w in weights if (directory / w).is_file()]
+    if not found:
         raise FileNotFoundError(
             f"no weights in {directory}: expected model.safetensors (or shards) or pytorch_model.bin"
         )
-    model, info = cls.from_pretrained(
-        str(directory), dtype=dtype, local_files_only=True, output_loading_info=True
-    )
+    config = _hf_config(directory, architecture)
+    try:  # mismatched sizes come back in `info` (transformers' own error names no key)
+        model, info = cls.from_pretrained(
+            str(directory), config=config, dtype=dtype, local_files_only=True, output_loading_info=True,
+            ignore_mismatched_sizes=True,
+        )
+    except (SafetensorError, OSError, RuntimeError, EOFError) as e:
+        raise _unreadable(found[0], e) from e
     missing = set(info.get("missing_keys") or ())
     if model.config.tie_word_embeddings:
         missing.discard("lm_head.weight")
     unexpected = set(info.get("unexpected_keys") or ())
-    mismatched = info.get("mismatched_keys") or ()
+    mismatched = [f"{key} {tuple(stored)} (expected {tuple(wanted)})"
+                  for key, stored, wanted in info.get("mismatched_keys") or ()]
     if missing or unexpected or mismatched:
         raise weights_mismatch(f"{directory}: the weights", cls, unexpected, missing, mismatched)
+    _check_finite(model, f"the weights in {directory}")
     return model.to(device)
 
 

@@ -1,4 +1,4 @@
-"""The mamba_ssm on-disk checkpoint format, converted to and from transformers (SPEC §7).
+"""The mamba_ssm on-disk checkpoint format, converted to and from transformers (docs/method.md §7).
 
 mamba_ssm (``state-spaces/*`` on the hub) stores a ``MambaLMHeadModel`` as
 
@@ -107,14 +107,22 @@ def _mamba_ssm_config(raw: dict, architecture: str, vocab_rows: int, directory: 
         if not cond:
             raise ValueError(f"{where}: {msg}; transformers' Mamba modules cannot represent this model")
 
-    need(int(cfg["d_intermediate"] or 0) == 0, f"d_intermediate={cfg['d_intermediate']} (an MLP after each mixer)")
+    def number(name: str, value, kind=int):
+        """A config value as an int (whole numbers only) or a float, else an error naming the field."""
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (kind is int and not float(value).is_integer()):
+            raise ValueError(f"{where}: {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        return kind(value)
+
+    need(number("d_intermediate", cfg["d_intermediate"] or 0) == 0,
+         f"d_intermediate={cfg['d_intermediate']} (an MLP after each mixer)")
     need(not cfg["attn_layer_idx"], f"attn_layer_idx={cfg['attn_layer_idx']} (attention layers)")
     need(bool(cfg["rms_norm"]), "rms_norm=false (LayerNorm instead of RMSNorm)")
 
-    d_model = int(cfg["d_model"])
-    n_layer = int(cfg["n_layer"])
-    mult = max(1, int(cfg["pad_vocab_size_multiple"] or 1))
-    vocab = int(cfg["vocab_size"])
+    d_model = number("d_model", cfg["d_model"])
+    n_layer = number("n_layer", cfg["n_layer"])
+    mult = max(1, number("pad_vocab_size_multiple", cfg["pad_vocab_size_multiple"] or 1))
+    vocab = number("vocab_size", cfg["vocab_size"])
     padded = vocab + (-vocab) % mult
     if vocab_rows != padded:
         raise ValueError(
@@ -134,35 +142,35 @@ def _mamba_ssm_config(raw: dict, architecture: str, vocab_rows: int, directory: 
     def pop(key, default):
         return ssm_cfg.pop(key, default)
 
+    def pop_number(key, default, kind=int):
+        return number(f"ssm_cfg.{key}", pop(key, default), kind)
+
     if architecture == "mamba":
         kw = dict(
-            state_size=int(pop("d_state", 16)),
-            conv_kernel=int(pop("d_conv", 4)),
-            expand=pop("expand", 2),
+            state_size=pop_number("d_state", 16),
+            conv_kernel=pop_number("d_conv", 4),
+            expand=pop_number("expand", 2),
             use_bias=bool(pop("bias", False)),
             use_conv_bias=bool(pop("conv_bias", True)),
-            time_step_min=float(pop("dt_min", 0.001)),
-            time_step_max=float(pop("dt_max", 0.1)),
+            time_step_min=pop_number("dt_min", 0.001, float),
+            time_step_max=pop_number("dt_max", 0.1, float),
             time_step_init_scheme=str(pop("dt_init", "random")),
-            time_step_scale=float(pop("dt_scale", 1.0)),
-            time_step_floor=float(pop("dt_init_floor", 1e-4)),
+            time_step_scale=pop_number("dt_scale", 1.0, float),
+            time_step_floor=pop_number("dt_init_floor", 1e-4, float),
         )
         dt_rank = pop("dt_rank", "auto")
-        kw["time_step_rank"] = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        kw["time_step_rank"] = math.ceil(d_model / 16) if dt_rank == "auto" else number("ssm_cfg.dt_rank", dt_rank)
         for key in _MAMBA1_IGNORED:
             ssm_cfg.pop(key, None)
         need(not ssm_cfg, f"unsupported Mamba ssm_cfg fields {_short_list(ssm_cfg)}")
-        need(float(kw["expand"]) == int(kw["expand"]), f"expand={kw['expand']} is not an integer")
-        kw["expand"] = int(kw["expand"])
         return MambaConfig(**common, **kw)
 
-    expand = pop("expand", 2)
-    need(float(expand) == int(expand), f"expand={expand} is not an integer")
-    expand = int(expand)
-    headdim = int(pop("headdim", 64))
+    expand = pop_number("expand", 2)
+    headdim = pop_number("headdim", 64)
     d_inner = expand * d_model
     d_ssm = pop("d_ssm", None)
-    need(d_ssm is None or int(d_ssm) == d_inner, f"d_ssm={d_ssm} differs from expand*d_model={d_inner}")
+    need(d_ssm is None or number("ssm_cfg.d_ssm", d_ssm) == d_inner,
+         f"d_ssm={d_ssm} differs from expand*d_model={d_inner}")
     need(not pop("D_has_hdim", False), "ssm_cfg.D_has_hdim=true (a D per channel, not per head)")
     need(bool(pop("rmsnorm", True)), "ssm_cfg.rmsnorm=false (no gated RMSNorm before out_proj)")
     need(not pop("norm_before_gate", False), "ssm_cfg.norm_before_gate=true")
@@ -171,22 +179,23 @@ def _mamba_ssm_config(raw: dict, architecture: str, vocab_rows: int, directory: 
     need(d_inner % headdim == 0, f"expand*d_model={d_inner} is not a multiple of headdim={headdim}")
     dt_limit = pop("dt_limit", (0.0, float("inf")))
     need(
-        isinstance(dt_limit, (list, tuple)) and len(dt_limit) == 2,
-        f"ssm_cfg.dt_limit={dt_limit!r} is not a pair",
+        isinstance(dt_limit, (list, tuple)) and len(dt_limit) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in dt_limit),
+        f"ssm_cfg.dt_limit={dt_limit!r} is not a pair of numbers",
     )
     kw = dict(
-        state_size=int(pop("d_state", 128)),
-        conv_kernel=int(pop("d_conv", 4)),
+        state_size=pop_number("d_state", 128),
+        conv_kernel=pop_number("d_conv", 4),
         expand=expand,
         head_dim=headdim,
         num_heads=d_inner // headdim,
-        n_groups=int(pop("ngroups", 1)),
-        chunk_size=int(pop("chunk_size", 256)),
+        n_groups=pop_number("ngroups", 1),
+        chunk_size=pop_number("chunk_size", 256),
         use_bias=bool(pop("bias", False)),
         use_conv_bias=bool(pop("conv_bias", True)),
-        time_step_min=float(pop("dt_min", 0.001)),
-        time_step_max=float(pop("dt_max", 0.1)),
-        time_step_floor=float(pop("dt_init_floor", 1e-4)),
+        time_step_min=pop_number("dt_min", 0.001, float),
+        time_step_max=pop_number("dt_max", 0.1, float),
+        time_step_floor=pop_number("dt_init_floor", 1e-4, float),
         time_step_limit=(float(dt_limit[0]), float(dt_limit[1])),
     )
     for key in _MAMBA2_IGNORED:

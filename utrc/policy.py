@@ -1,8 +1,10 @@
 """The policy file `utrc-policy/1`: the deployable description of where and how to reduce tokens.
 
-A policy is one JSON document (SPEC §3). `Policy.load` / `Policy.from_dict` validate every field
-and raise `PolicyError` naming the field and the expected value; a file that does not validate is
-never treated as dense. `Policy` objects are immutable: derive variants with `dataclasses.replace`.
+A policy is one JSON document (docs/method.md §3). `Policy.load` / `Policy.from_dict` validate every
+field and raise `PolicyError` naming the field and the expected value; a file that does not validate
+is never treated as dense. A file is read strictly: UTF-8 text, each key once per object, numbers
+JSON can hold (no NaN, no infinity), nesting at most `MAX_DEPTH` levels. `Policy` objects are
+immutable: derive variants with `dataclasses.replace`.
 
 All nine top-level keys of the format (`format`, `method`, `model`, `layers`, `prune_share`,
 `importance`, `importance_source`, `hidden_strategy`, `residual_strategy`) are required in a file,
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -27,7 +30,7 @@ IMPORTANCE_METRICS = ("clip", "l1", "l2", "signed")
 IMPORTANCE_SOURCES = ("ssm_output", "scan_output", "mixer_output")
 STRATEGIES = ("hybrid", "merge", "prune")
 
-# The authors' hand-set schedules (SPEC §2): reduction after these blocks.
+# The authors' hand-set schedules (docs/method.md §2): reduction after these blocks.
 PAPER_LAYERS = {64: (12, 17, 22, 27, 32, 37, 42), 48: (10, 15, 20, 25, 30, 35)}
 
 _REQUIRED = (
@@ -44,6 +47,8 @@ _REQUIRED = (
 _OPTIONAL = ("estimates", "measured", "provenance")
 _MODEL_KEYS = ("name", "architecture", "n_layer", "d_model")
 _LAYER_KEYS = ("keep", "prune_share")
+_BLOCK_INDEX = re.compile(r"0|[1-9][0-9]{0,17}")  # ASCII digits: str.isdigit() also takes "١" and "²"
+MAX_DEPTH = 64  # nesting of the optional objects (provenance, ...): far beyond any real file
 
 
 class PolicyError(ValueError):
@@ -54,7 +59,7 @@ def paper_layers(n_layer: int) -> tuple[int, ...]:
     """The paper's reduction layers for a model of `n_layer` blocks.
 
     48 and 64 blocks use the published lists; other depths scale the 64-block list,
-    `round(l * n_layer / 64)`, dropping duplicates (SPEC §2).
+    `round(l * n_layer / 64)`, dropping duplicates (docs/method.md §2).
     """
     if n_layer in PAPER_LAYERS:
         return PAPER_LAYERS[n_layer]
@@ -107,16 +112,16 @@ class Policy:
     def from_dict(cls, d: Mapping[str, Any]) -> "Policy":
         if not isinstance(d, Mapping):
             raise PolicyError(f"policy: expected a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(_REQUIRED) - set(_OPTIONAL))
+        unknown = _unknown_keys(d, _REQUIRED + _OPTIONAL)
         if unknown:
             raise PolicyError(
                 f"policy: unknown key(s) {unknown}; allowed keys are {list(_REQUIRED + _OPTIONAL)}"
             )
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
-            raise PolicyError(f"policy: missing required key(s) {missing} (format {FORMAT}, see SPEC §3)")
+            raise PolicyError(f"policy: missing required key(s) {missing} (format {FORMAT}, see docs/method.md §3)")
         if d["format"] != FORMAT:
-            raise PolicyError(f"format: expected {FORMAT!r}, got {d['format']!r}")
+            raise PolicyError(f"format: expected {FORMAT!r}, got {_show(d['format'])}")
         model = _model_from_dict(d["model"])
         layers = _layers_from_dict(d["layers"])
         for key in _OPTIONAL:
@@ -142,11 +147,7 @@ class Policy:
         if not path.is_file():
             raise PolicyError(f"policy file not found: {path}")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise PolicyError(f"policy file {path} is not valid JSON: {e}") from None
-        try:
-            return cls.from_dict(d)
+            return cls.from_dict(_read_strict_json(path.read_bytes()))
         except PolicyError as e:
             raise PolicyError(f"{path}: {e}") from None
 
@@ -222,17 +223,95 @@ class Policy:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return isinstance(x, int) or math.isfinite(x)  # math.isfinite overflows on integers beyond 1e308
+
+
+def _show(value) -> str:
+    """`repr` for messages: long values shortened; integers beyond 4300 digits and deep nesting,
+    whose repr raises, described instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"an integer of {len(str(abs(value))) if abs(value).bit_length() < 14000 else 'over 4000'} digits"
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deeply, or holding an integer beyond 4300 digits
+        return f"a {type(value).__name__} too deep or too large to show"
+    return text if len(text) <= 80 else text[:76] + " ..."
+
+
+def _unknown_keys(mapping: Mapping, allowed) -> list[str]:
+    return sorted(_show(k) if not isinstance(k, str) else k for k in mapping if k not in allowed)
 
 
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise PolicyError(f"{name}: expected one of {list(choices)}, got {value!r}")
+        raise PolicyError(f"{name}: expected one of {list(choices)}, got {_show(value)}")
 
 
 def _check_share(name: str, value) -> None:
     if not _is_number(value) or not 0.0 <= value <= 1.0:
-        raise PolicyError(f"{name}: expected a number in [0, 1], got {value!r}")
+        raise PolicyError(f"{name}: expected a number in [0, 1], got {_show(value)}")
+
+
+def _check_json(name: str, value, depth: int = 0) -> None:
+    """`value` (estimates, measured, provenance) is plain JSON that `save` can write back."""
+    if depth > MAX_DEPTH:
+        raise PolicyError(f"{name}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PolicyError(f"{name}: key {_show(key)} is not a string")
+            _check_json(f"{name}.{key}", item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json(f"{name}[{i}]", item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise PolicyError(f"{name}: {value} is not a JSON number (JSON has no NaN or infinity)")
+    elif not isinstance(value, (str, int, float, bool)) and value is not None:
+        raise PolicyError(f"{name}: a {type(value).__name__} is not a JSON value")
+
+
+def _read_strict_json(raw: bytes):
+    """A policy file's bytes -> its JSON value, or PolicyError saying what is wrong with the text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite,
+                          parse_int=_integer)
+    except json.JSONDecodeError as e:
+        raise PolicyError(f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise PolicyError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:  # json.loads would keep the last silently
+            raise PolicyError(f"key {_show(key)} appears twice in one object; a policy says each thing once")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise PolicyError(f"{name} is not a JSON number (JSON has no NaN or infinity)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise PolicyError(f"{_show(text)} is not a JSON number a policy can hold (it overflows to infinity)")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # Python refuses to convert more than 4300 digits
+        raise PolicyError(f"an integer of {len(text.lstrip('-'))} digits is too long to read") from None
 
 
 def _validate(p: Policy) -> None:
@@ -241,9 +320,9 @@ def _validate(p: Policy) -> None:
     for name in ("n_layer", "d_model"):
         v = getattr(p.model, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise PolicyError(f"model.{name}: expected a positive integer, got {v!r}")
+            raise PolicyError(f"model.{name}: expected a positive integer, got {_show(v)}")
     if not isinstance(p.model.name, str):
-        raise PolicyError(f"model.name: expected a string, got {p.model.name!r}")
+        raise PolicyError(f"model.name: expected a string, got {_show(p.model.name)}")
     _check_share("prune_share", p.prune_share)
     _check_choice("importance", p.importance, IMPORTANCE_METRICS)
     _check_choice("importance_source", p.importance_source, IMPORTANCE_SOURCES)
@@ -257,15 +336,17 @@ def _validate(p: Policy) -> None:
         if not isinstance(spec, LayerSpec):
             raise PolicyError(f"layers.{i}: expected a LayerSpec, got {type(spec).__name__}")
         if not _is_number(spec.keep) or not 0.0 < spec.keep <= 1.0:
-            raise PolicyError(f"layers.{i}.keep: expected a number in (0, 1], got {spec.keep!r}")
+            raise PolicyError(f"layers.{i}.keep: expected a number in (0, 1], got {_show(spec.keep)}")
         if spec.prune_share is not None:
             _check_share(f"layers.{i}.prune_share", spec.prune_share)
+    for key in _OPTIONAL:
+        _check_json(key, getattr(p, key))
 
 
 def _model_from_dict(m) -> ModelSpec:
     if not isinstance(m, Mapping):
         raise PolicyError(f"model: expected a JSON object, got {type(m).__name__}")
-    unknown = sorted(set(m) - set(_MODEL_KEYS))
+    unknown = _unknown_keys(m, _MODEL_KEYS)
     if unknown:
         raise PolicyError(f"model: unknown key(s) {unknown}; allowed keys are {list(_MODEL_KEYS)}")
     missing = [k for k in _MODEL_KEYS if k not in m]
@@ -276,14 +357,16 @@ def _model_from_dict(m) -> ModelSpec:
 
 def _layers_from_dict(layers) -> dict[int, LayerSpec]:
     if not isinstance(layers, Mapping):
-        raise PolicyError(f"layers: expected a JSON object mapping block index to {{'keep': ...}}, got {layers!r}")
+        raise PolicyError(
+            f"layers: expected a JSON object mapping block index to {{'keep': ...}}, got {_show(layers)}")
     out = {}
     for key, spec in layers.items():
-        if not (isinstance(key, str) and key.isdigit() and (key == "0" or not key.startswith("0"))):
-            raise PolicyError(f"layers: key {key!r} is not a block index (expected a non-negative integer string)")
+        if not (isinstance(key, str) and _BLOCK_INDEX.fullmatch(key)):
+            raise PolicyError(f"layers: key {_show(key)} is not a block index (expected a non-negative integer in "
+                              "ASCII digits without leading zeros, e.g. '12')")
         if not isinstance(spec, Mapping):
-            raise PolicyError(f"layers.{key}: expected a JSON object like {{'keep': 0.9}}, got {spec!r}")
-        unknown = sorted(set(spec) - set(_LAYER_KEYS))
+            raise PolicyError(f"layers.{key}: expected a JSON object like {{'keep': 0.9}}, got {_show(spec)}")
+        unknown = _unknown_keys(spec, _LAYER_KEYS)
         if unknown:
             raise PolicyError(f"layers.{key}: unknown key(s) {unknown}; allowed keys are {list(_LAYER_KEYS)}")
         if "keep" not in spec:

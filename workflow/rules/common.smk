@@ -19,60 +19,26 @@ SCHEMA = "../schemas/config.schema.yaml"
 
 
 def _validate_config(cfg):
-    """Check `cfg` against the schema (stop with one line naming the key), then fill in the defaults."""
-    import jsonschema
+    """Check `cfg` (stop with one line per problem, naming the key), then fill in the defaults."""
+    import importlib.util
+
     import yaml
 
-    with open(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)) / SCHEMA) as f:
+    here = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+    with open(here / SCHEMA) as f:
         schema = yaml.safe_load(f)
-    _coerce(cfg, schema)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        lines = []
-        for e in errors:
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
-            message = e.message
-            if e.validator == "oneOf" and e.context:  # say what each alternative wanted
-                message += " (" + "; ".join(sorted({c.message for c in e.context})) + ")"
-            lines.append(f"  {where or '(top level)'}: {message}")
+    # loaded by path: putting workflow/scripts on sys.path would shadow modules (its profile.py)
+    spec = importlib.util.spec_from_file_location("configcheck", here / "../scripts/configcheck.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    check.coerce(cfg, schema)
+    lines = check.problems(cfg, schema)
+    if lines:
         raise WorkflowError(
-            "invalid configuration:\n" + "\n".join(lines) + "\nSee docs/workflow.md (or "
+            "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines) + "\nSee docs/workflow.md (or "
             "workflow/schemas/config.schema.yaml) for the allowed keys and values."
         )
     validate(cfg, SCHEMA)  # Snakemake's own check, which also sets the defaults
-
-
-def _coerce(value, schema):
-    """Numbers and booleans given as strings -> numbers and booleans where the schema wants them.
-    `--config budgets=[0.25]` reaches the workflow as ['0.25'] (Snakemake reads nested values as strings)."""
-    if isinstance(value, dict):
-        for key, sub in schema.get("properties", {}).items():
-            if key in value:
-                value[key] = _coerce(value[key], sub)
-        return value
-    if isinstance(value, list):
-        items = schema.get("items")
-        if isinstance(items, dict):
-            for i, v in enumerate(value):
-                value[i] = _coerce(v, items)
-        return value
-    if isinstance(value, str):
-        types = schema.get("type", [])
-        types = [types] if isinstance(types, str) else list(types)
-        for option in schema.get("oneOf", []):
-            option_types = option.get("type", [])
-            types += [option_types] if isinstance(option_types, str) else option_types
-        if "boolean" in types and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if "null" in types and value.lower() in ("null", "none", "~"):
-            return None
-        for kind, parse in (("integer", int), ("number", float)):
-            if kind in types:
-                try:
-                    return parse(value)
-                except ValueError:
-                    pass
-    return value
 
 
 _validate_config(config)
@@ -125,7 +91,6 @@ SEEDS = range(config["search"]["seeds"])
 EVAL_RUNS = config["evaluation"]["methods"]
 COMPARED = [r for r in EVAL_RUNS if r != "utrc-searched"] if "utrc-searched" in EVAL_RUNS else []
 PROFILE = config["profile"]
-PYTHON = sys.executable  # the jobs run the packages with Snakemake's own interpreter
 # Jobs import the repository's packages (search, reports, demo) from any working directory.
 shell.prefix("set -euo pipefail; export PYTHONPATH=" + shlex.quote(workflow.basedir)
              + "${{PYTHONPATH:+:$PYTHONPATH}} TOKENIZERS_PARALLELISM=false; ")
