@@ -28,6 +28,7 @@ import optuna
 import torch
 
 from utrc import ModelShape, ModelSpec, PolicyError
+from utrc.io import atomic_write_text
 from utrc.policy import IMPORTANCE_METRICS, STRATEGIES
 
 from . import provenance
@@ -35,7 +36,16 @@ from .calibrate import CalibrationError, load_summary, sources_of
 from .data import DataError, document_rows, load_documents, token_stream, windows
 from .objective import DenseReference
 from .space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget, parse_layers
-from .study import Objective, StudyConfig, StudyError, create_or_resume, default_study_name, run, space_from_calibration, validate
+from .study import (
+    Objective,
+    StudyConfig,
+    StudyError,
+    create_or_resume,
+    default_study_name,
+    run,
+    space_from_calibration,
+    validate,
+)
 
 
 def parse_budget(text: str) -> float:
@@ -97,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--done", default=None, help="write this marker file once the study holds --n-trials COMPLETE "
+                    "trials (what a workflow waits for)")
     return ap
 
 
@@ -152,6 +164,8 @@ def _main(args) -> None:
     done = run(prep.study, prep.objective, args.n_trials, progress=say)
     best = min(prep.study.best_trials, key=lambda t: t.values[0])
     say(f"study {prep.name}: {done} complete trials; best trial {best.number} values={best.values}")
+    if args.done:
+        atomic_write_text(args.done, f"{prep.name}: {done} complete trials\n")
 
 
 def prepare(args) -> Prepared:

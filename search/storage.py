@@ -48,7 +48,7 @@ from optuna.trial import TrialState
 
 HEARTBEAT = "heartbeat"  # trial system attr: {"time": unix seconds, "worker": worker_id()}
 LOCK_GRACE = 30.0  # seconds before a lock held by another host (or a plain Optuna process) is broken
-SEEDED = ("paper", "calibration", "uniform")  # enqueued first trials, each evaluated exactly once per study
+SEEDED = ("utrc-paper", "calibration", "uniform")  # enqueued first trials, each evaluated exactly once per study
 
 
 class StorageError(ValueError):

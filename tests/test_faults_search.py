@@ -67,9 +67,9 @@ def test_workers_killed_at_random_moments_lose_nothing(tmp_path, workers):
     assert faults >= ROUNDS  # the signals landed on running workers
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     evaluated = Counter(lineage(t) for t in trials if t.state == COMPLETE)
-    assert evaluated["paper"] == evaluated["uniform"] == 1 and max(evaluated.values()) == 1  # each point once
-    paths = export(str(journal), "s", tmp_path / "out")
-    assert Policy.load(paths["paper"]).measured["dev_kl"] > 0
+    assert evaluated["utrc-paper"] == evaluated["uniform"] == 1 and max(evaluated.values()) == 1  # each point once
+    paths = export([(str(journal), "s")], "s", tmp_path / "out")
+    assert Policy.load(paths["utrc-paper"]).measured["dev_kl"] > 0
 
 
 def test_journals_torn_at_random_bytes_keep_every_whole_record(tmp_path, workers, capsys):

@@ -366,20 +366,20 @@ def test_ctrl_c_during_the_paper_trial_loses_nothing(tmp_path, workers):
     journal = tmp_path / "study.journal"
     worker = workers.start("search.run:main", search_argv(journal, 8), "w1")
     trials = stop_while(worker, journal, lambda ts: any(t.state == TrialState.RUNNING and t.user_attrs.get("origin")
-                                                        == "paper" and t.params for t in ts))
+                                                        == "utrc-paper" and t.params for t in ts))
     worker.signal(signal.SIGINT)
     worker.signal(signal.SIGCONT)
     worker.wait()
-    paper = [t for t in faultkit.journal_trials(journal, "s") if t.user_attrs.get("origin") == "paper"]
+    paper = [t for t in faultkit.journal_trials(journal, "s") if t.user_attrs.get("origin") == "utrc-paper"]
     assert [t.state for t in paper] == [TrialState.FAIL] and trials[0].number == paper[0].number
     interrupted = worker.output()
     rerun = workers.start("search.run:main", search_argv(journal, 8), "w2")
     assert rerun.wait() == 0, rerun.output()[-3000:]
     trials = faultkit.journal_trials(journal, "s")
-    for origin in ("paper", "uniform"):
+    for origin in ("utrc-paper", "uniform"):
         assert [t.state for t in trials if t.user_attrs.get("origin") == origin].count(TrialState.COMPLETE) == 1
-    paths = export(str(journal), "s", tmp_path / "out")
-    assert Policy.load(paths["paper"]).measured["dev_kl"] > 0
+    paths = export([(str(journal), "s")], "s", tmp_path / "out")
+    assert Policy.load(paths["utrc-paper"]).measured["dev_kl"] > 0
     assert worker.process.exitcode == 130 and "interrupted: the study's COMPLETE trials are kept" in interrupted
 
 
@@ -441,7 +441,7 @@ def test_a_torn_last_journal_line_is_dropped_and_said(tmp_path, capsys):
     assert data[len(torn) - 25:len(torn)].decode() in err  # what was dropped
     after = {t.number: t for t in faultkit.journal_trials(journal, "tiny-20")}
     assert all(after[n].state == TrialState.COMPLETE and after[n].values == v for n, v in kept.items())
-    assert export(storage, "tiny-20", tmp_path / "out")["searched"].exists()
+    assert export([(storage, "tiny-20")], "tiny", tmp_path / "out")["utrc-searched"].exists()
 
 
 def test_a_damaged_journal_line_is_named(tmp_path):

@@ -37,6 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         fd, tmp = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644), None
     except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE (NFS)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644 & ~_umask())  # mkstemp's 0600 would hide results from other users
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -58,6 +59,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
                 pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj, *, allow_nan: bool = False, indent: int | None = 2) -> Path:

@@ -25,7 +25,7 @@ _SEARCH = dict(
     ),
     shell="{PYTHON} -m search.run --model {params.ref:q} --budget {params.budget} --storage {params.store:q}"
     " --study-name {params.study} --calibration {input.calibration} --n-trials {params.n_trials} --seed {params.seed}"
-    " {params.args} {MODEL_ARGS} --threads {threads} > {log} 2>&1 && touch {output}",
+    " {params.args} {MODEL_ARGS} --threads {threads} --done {output} > {log} 2>&1",
 )
 
 
