@@ -36,6 +36,21 @@ from .tokenizer import build_tokenizer, vocabulary
 TIMING_STEPS = (20, 60)  # steps [20, 60) time the run when --minutes is given
 
 
+# Parameters that weight decay would pull towards 0 for no reason, as mamba_ssm exempts them
+# (`_no_weight_decay`): the state matrix (Mamba-1's A_log is 2-D, so a shape rule would decay it), the
+# skip D, the step-size bias; also every bias, norm weight and the embedding.
+NO_DECAY = ("A_log", "D", "dt_bias", "bias")
+
+
+def decay_groups(model) -> tuple[list, list]:
+    """(parameters with weight decay, parameters without)."""
+    decay, other = [], []
+    for name, p in model.named_parameters():
+        exempt = p.ndim < 2 or "embeddings" in name or name.rsplit(".", 1)[-1] in NO_DECAY
+        (other if exempt else decay).append(p)
+    return decay, other
+
+
 def model_config(arch: str, vocab_size: int, hidden_size: int | None = None, state_size: int | None = None):
     """The demo models' shapes, 8 blocks each (the paper's layers scale to blocks 2..5), small
     enough to evaluate the demo suite on a CPU in about a minute: Mamba-2 d_model 128, d_state 64;
@@ -197,8 +212,7 @@ def main(argv=None) -> None:
     log(f"batch {a.batch_size} episodes, lr {a.lr}, warm-up {a.warmup}, seed {a.seed}, workers {a.workers}, threads {a.threads}, "
         f"short {a.short}, doc weight {a.doc_weight}, queries {a.queries}")  # fmt: skip
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    decay, other = decay_groups(model)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
         lr=a.lr, betas=(0.9, 0.95), fused=device.type == "cuda",

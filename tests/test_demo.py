@@ -239,3 +239,21 @@ def test_schedule_policies_meet_the_nominal_budget_of_their_own_method(run):
     assert 0.3 <= estimate_flops(shape, policy, 2048, 1)["reduction"] < 0.31  # never below the budget
     if run == "evit":  # no matching step to pay for: more tokens kept than the paper schedule
         assert policy.layers[2].keep > policy_for(model, "utrc-paper:0.3").layers[2].keep
+
+
+@pytest.mark.parametrize("architecture", ["mamba", "mamba2"])
+def test_training_exempts_the_state_parameters_from_weight_decay(architecture):
+    from conftest import tiny_model
+
+    from demo.train import decay_groups
+
+    model = tiny_model(architecture)
+    decay, other = decay_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)].split(".")[-2] + "." + names[id(p)].split(".")[-1] for p in decay}
+    exempt = {names[id(p)] for p in other}
+    assert "in_proj.weight" in decayed and "out_proj.weight" in decayed
+    # mamba_ssm's rule: A_log, D (and Mamba-2's dt_bias) never decay; Mamba-1's A_log is a 2-D matrix
+    assert any(n.endswith("mixer.A_log") for n in exempt) and any(n.endswith("mixer.D") for n in exempt)
+    assert not any(n.endswith(("A_log", ".D")) for n in decayed)
+    assert len(decay) + len(other) == len(list(model.parameters()))
