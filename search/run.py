@@ -28,7 +28,7 @@ from .calibrate import CalibrationError, load_summary, sources_of
 from .data import DataError, document_rows, load_documents, token_stream, windows
 from .objective import DenseReference
 from .space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget, parse_layers
-from .study import Objective, StudyConfig, StudyError, create_or_resume, default_study_name, run, space_from_calibration, validate
+from .study import Objective, StudyConfig, StudyError, best_so_far, create_or_resume, default_study_name, run, space_from_calibration, validate
 
 
 def parse_budget(text: str) -> float:
@@ -120,8 +120,7 @@ def _main(args) -> None:
     say(f"study {prep.name} ({args.storage}): {len(prep.study.trials)} trials so far; searching {len(prep.layers)} "
         f"blocks {prep.layers[0]}..{prep.layers[-1]}, budget {args.budget:.3f}; setup {prep.setup_seconds:.1f} s")
     done = run(prep.study, prep.objective, args.n_trials, progress=say)
-    best = min(prep.study.best_trials, key=lambda t: t.values[0])
-    say(f"study {prep.name}: {done} complete trials; best trial {best.number} values={best.values}")
+    say(f"study {prep.name}: {done} complete trials; {best_so_far(prep.study, prep.objective.config.metric_names())}")
 
 
 def prepare(args) -> Prepared:
