@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRESS_EVERY = 5.0  # seconds between two lines of one redrawn progress bar
+# Lines written to the log only: utrc.loading.CPU_KERNEL_NOTE, which every CPU job prints once; the Snakefile's
+# `onstart` says it once for the whole run instead.
+LOG_ONLY_PREFIXES = ("utrc note: on the CPU, transformers runs",)
 
 
 def python_env(threads: int) -> dict[str, str]:
@@ -111,4 +114,6 @@ def _copy(stream, log, tag: str) -> None:
 
 def _show(text: str, log, tag: str) -> None:
     log.write(text + "\n")
+    if text.startswith(LOG_ONLY_PREFIXES):
+        return
     print(f"[{tag}] {text}", flush=True)
