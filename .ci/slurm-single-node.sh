@@ -2,10 +2,10 @@
 # A real single-node SLURM cluster with accounting on this Debian 12 machine, as root: what
 # tests/test_slurm.py runs the workflow on (`snakemake --profile profiles/slurm`).
 #
-#   bash .ci/slurm-single-node.sh install            # Debian's slurm-wlm (22.05), slurmdbd, munge, mariadb-server
 #   bash .ci/slurm-single-node.sh start [STATE_DIR]  # munge, MariaDB, slurmdbd, slurmctld, slurmd (default /tmp/utrc-slurm)
 #   bash .ci/slurm-single-node.sh stop  [STATE_DIR]  # stops what `start` started, by the pid files in STATE_DIR
 #
+# Needs Debian's slurm-wlm (22.05), slurmdbd, munge and mariadb-server (.ci/run installs them).
 # Accounting (slurmdbd on MariaDB) is not optional: the Snakemake SLURM executor plugin asks `sacct` for
 # each job's state, and without accounting it submits the jobs and then waits forever.
 # The cluster: one node `localhost` with this machine's cores and 90 % of its memory, in one partition
@@ -14,17 +14,8 @@
 # the rule of each job (the plugin puts it there).
 # `start` is idempotent: with a controller already answering, it does nothing.
 set -euo pipefail
-cmd=${1:?install|start|stop}
+cmd=${1:?start|stop}
 dir=${2:-/tmp/utrc-slurm}
-
-if [ "$cmd" = install ]; then
-  if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null \
-      || ! command -v munged >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
-  fi
-  exit 0
-fi
 
 if [ "$cmd" = stop ]; then  # the daemons `start` started (listed in $dir/started, last first), by their pid files
   if [ -f "$dir/started" ]; then
@@ -36,7 +27,11 @@ if [ "$cmd" = stop ]; then  # the daemons `start` started (listed in $dir/starte
   exit 0
 fi
 
-[ "$cmd" = start ] || { echo "usage: $0 install|start|stop [STATE_DIR]" >&2; exit 2; }
+[ "$cmd" = start ] || { echo "usage: $0 start|stop [STATE_DIR]" >&2; exit 2; }
+for daemon in munged mariadbd slurmdbd slurmctld slurmd; do
+  command -v "$daemon" >/dev/null || [ -x "/usr/sbin/$daemon" ] \
+    || { echo "error: $daemon is not installed (apt-get install slurm-wlm slurmdbd munge mariadb-server)" >&2; exit 2; }
+done
 [ "$(id -u)" -eq 0 ] || { echo "error: $0 start must run as root (it writes /etc/slurm and starts daemons)" >&2; exit 2; }
 if scontrol ping 2>/dev/null | grep -q "is UP"; then
   sinfo

@@ -39,7 +39,7 @@ def controller_up() -> bool:
 def slurm_cluster():
     """A SLURM controller that answers: the running one, or one this fixture starts (and stops after)."""
     if shutil.which("sbatch") is None or shutil.which("sacct") is None:
-        unavailable("SLURM is not installed (sbatch, sacct); `bash .ci/slurm-single-node.sh install` installs it")
+        unavailable("SLURM is not installed (sbatch, sacct): apt-get install slurm-wlm slurmdbd munge mariadb-server")
     if controller_up():
         yield
         return
