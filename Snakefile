@@ -59,14 +59,14 @@ def run_summary():
         for tag in entry["budgets"]:
             path = Path(policy_file(model, "utrc-searched", tag))
             if path.is_file():
-                reduction = json.loads(path.read_text()).get("estimates", {}).get("reduction")
-                note = f"  ({reduction:.1%} FLOPs at {config['search']['seq_len']} tokens)" if reduction else ""
+                est = json.loads(path.read_text()).get("estimates") or {}
+                note = f"  ({est['reduction']:.1%} fewer prefill FLOPs at {est['seq_len']} tokens)" if est else ""
                 deploy.append(f"  {model}  budget {tag}:  {path}{note}")
     if deploy:
         lines += ["Policy files to deploy (the searched policy of each budget; the report compares it with the "
                   "baselines and recommends one):", *deploy]
-        lines.append("Apply one: utrc inspect FILE --model REF; in Python utrc.apply(model, utrc.Policy.load(FILE)) "
-                     "(README.md, \"Apply a policy\")")
+        lines.append("Check one with `utrc inspect FILE --model REF`; apply it with "
+                     "`utrc.apply(model, utrc.Policy.load(FILE))` (README.md, \"Apply a policy\")")
     return "\n".join(lines)
 
 

@@ -113,7 +113,9 @@ def test_the_workflow_runs_through_slurm_as_it_runs_locally(slurm_cluster, tiny_
     assert rules == SUBMITTED_RULES, jobs
     assert {j["State"] for j in jobs} == {"COMPLETED"}, jobs
     assert {j["Partition"] for j in jobs} == {"gpu"}  # the profile's default-resources reached every job
-    assert "Open the report: reports-out/index.html" in proc.stdout + proc.stderr  # the Snakefile's onsuccess
+    # the Snakefile's onsuccess: the report to open, the policy file to deploy per model and budget
+    assert "Open the report: reports-out/index.html" in proc.stdout + proc.stderr
+    assert "tiny  budget 0.15:  results/tiny/policies/tiny_utrc-searched_flops0.15.json" in proc.stdout + proc.stderr
 
     assert results_of(cluster) == results_of(local)
     for run in (cluster, local):

@@ -128,7 +128,7 @@ def policy_for(model, spec: str, name: str = ""):
     method, _, target = spec.partition(":")
     if method not in ("utrc", "evit", "tome") or not target:
         raise ValueError(f"policy {spec!r}: expected 'dense' or METHOD:TARGET with METHOD utrc|evit|tome")
-    return budget_policy(spec, shape, name)
+    return budget_policy(f"{'utrc-paper' if method == 'utrc' else method}:{target}", shape, name)  # its RUN names
 
 
 def format_table(results: dict) -> str:
