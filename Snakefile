@@ -1,6 +1,7 @@
-# utrc: calibrate -> search -> export -> evaluate / profile -> report, for every configured model and budget.
+# utrc: calibrate -> search -> export -> evaluate -> compare / profile -> report, for every configured model and budget.
 #
 #     snakemake --cores 2                                   # config.yaml: the demo model on the CPU
+#     snakemake --cores 2 --configfile config/search-demo.yaml   # the demo's longer search, other runs in config/
 #     snakemake -n --configfile config/paper.yaml           # plan the paper's run (GPUs)
 #     snakemake --profile profiles/slurm --configfile config/paper.yaml   # on a SLURM cluster (docs/workflow.md)
 #
@@ -22,6 +23,7 @@ include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/report.smk"
 
@@ -29,6 +31,7 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     export,
+    compare,
     report,
     report_index,
 

@@ -22,15 +22,16 @@ from pathlib import Path
 import torch
 
 from utrc import ModelShape, ModelSpec, Policy, load_model
-from utrc.evaluation import BENCHMARKS, device_name, evaluate, local_task_manager
+from utrc.evaluation import device_name, evaluate, local_task_manager
+from utrc.names import BENCHMARKS
 
 
 def policy_file(spec: str, model_ref: str, directory: Path) -> str:
-    """'dense', a policy file, or 'paper:KEEP' (the paper's schedule for this model at one keep ratio)."""
-    if spec == "dense" or not spec.startswith("paper:"):
+    """'dense', a policy file, or 'utrc-paper@KEEP' (the paper's schedule for this model at one keep ratio)."""
+    if spec == "dense" or not spec.startswith("utrc-paper@"):
         return spec
     model, _ = load_model(model_ref)
-    policy = Policy.paper(ModelSpec.of(ModelShape.of(model), name=model_ref), float(spec.split(":", 1)[1]))
+    policy = Policy.paper(ModelSpec.of(ModelShape.of(model), name=model_ref), float(spec.split("@", 1)[1]))
     return str(policy.save(directory / "policy.json"))
 
 
@@ -39,7 +40,7 @@ def task_manager(args, directory: Path):
         names = BENCHMARKS if args.tasks == "benchmarks" else args.tasks.split(",")
         return local_task_manager({t: Path(args.local_data) / f"{t}.jsonl" for t in names}, directory / "tasks")
     if args.tasks == "demo":
-        from utrc import demo  # the demo tasks ship with the package
+        from utrc import demo  # the demo tasks' items ship with the package
 
         return demo.task_manager()
     return None
@@ -48,7 +49,7 @@ def task_manager(args, directory: Path):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo:mamba2")
-    ap.add_argument("--policy", default="paper:0.9", help="'dense', a policy file, or 'paper:KEEP'")
+    ap.add_argument("--policy", default="utrc-paper@0.9", help="'dense', a policy file, or 'utrc-paper@KEEP'")
     ap.add_argument("--tasks", default="demo", help="'demo', 'benchmarks' or comma-separated lm-eval tasks")
     ap.add_argument("--local-data", default=None, help="directory of TASK.jsonl files for lm-eval's configs")
     ap.add_argument("--batch-size", default="16")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the demo models on the lent H100 machine (device tool): several seeded training runs at
 # once, one process each (the models are tiny and leave the GPU mostly idle, so runs overlap).
-# Carry gpu-carry/ (transformers wheel; see benchmarks/gpu_run.sh). With MAMBA_SSM=1 it first makes
+# Carry gpu-carry/ (transformers wheel; see benchmarks/gpu_native.sh). With MAMBA_SSM=1 it first makes
 # mamba_ssm importable (benchmarks/gpu_mamba_ssm.sh), and transformers then trains through its
 # kernels (selective scan, SSD chunk scan): Mamba-1 needs them (its PyTorch scan took 6.2 s a
 # step); Mamba-2 also trains on transformers' PyTorch path (71 ms a 64-episode step).
@@ -21,7 +21,7 @@ pids=()
 for run in "$@"; do
   name=${run%%:*}; args=${run#*:}
   # shellcheck disable=SC2086
-  timeout "$limit" python3 -m utrc.demo.train --out "$runs/$name" --minutes "$minutes" --workers 2 $args \
+  timeout "$limit" python3 -m demo.train --out "$runs/$name" --minutes "$minutes" --workers 2 $args \
     >"$runs/$name.stdout" 2>&1 &
   pids+=($!)
 done

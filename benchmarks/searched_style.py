@@ -1,7 +1,7 @@
 """Policies shaped like a search's output, for the GPU speed check "a searched-style policy is as fast as
 the uniform schedule at equal FLOPs": 12 reduction blocks (every 4th from block 8), a different keep
-at each (seeded random removal weights projected onto the budget by the search's own projector,
-`search.space.project`) and a different prune share at each. Written once here (CPU) and carried
+at each (seeded random removal weights fitted to the budget by the search's own fitter,
+`utrc.budget.fit`) and a different prune share at each. Written once here (CPU) and carried
 to the GPU machine:
 
     python benchmarks/searched_style.py --out benchmarks/policies
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `search` runs from the repository root
-
-from search.space import Budget, project  # noqa: E402
-from utrc import ModelSpec, Policy  # noqa: E402
-from utrc.shapes import PAPER_SHAPES  # noqa: E402
+from utrc import ModelSpec, Policy
+from utrc.budget import Budget, fit
+from utrc.shapes import PAPER_SHAPES
 
 
 def main() -> None:
@@ -33,7 +30,7 @@ def main() -> None:
         shares = {layer: round(rng.uniform(0.3, 0.7), 2) for layer in layers}
         for budget in (0.1, 0.2, 0.3):
             base = Policy(method="utrc", model=ModelSpec.of(shape, f"{name} (random weights)"))
-            policy = project(shape, base, weights, Budget(budget), prune_shares=shares).policy
+            policy = fit(shape, base, weights, Budget(budget), prune_shares=shares).policy
             path = Path(args.out) / f"searched-style-{name.split('/')[1]}-{budget}.json"
             policy.save(path)
             print(path, {k: v.keep for k, v in policy.layers.items()})

@@ -22,14 +22,17 @@ Only the files listed are read: results of budgets no longer configured never le
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
+from utrc.names import RUNS
+
 MANIFEST_FORMAT = "utrc-report-manifest/1"
-METHODS = ("dense", "tome", "evit", "utrc-paper", "utrc-searched")  # table order, as the paper's tables
+METHODS = RUNS  # table order, as the paper's tables
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
@@ -47,9 +50,10 @@ class Run:
     calibration_table: list[dict] | None = None  # long table rows
     policies: dict = field(default_factory=dict)  # method -> tag -> (path, policy dict)
     trials: dict = field(default_factory=dict)  # tag -> list of row dicts
-    pareto: dict = field(default_factory=dict)  # tag -> list of row dicts
+    pareto: dict = field(default_factory=dict)  # tag -> list of row dicts: search.export's non-dominated trials
     evaluations: dict = field(default_factory=dict)  # method -> tag ("" for dense) -> results doc
     profiles: dict = field(default_factory=dict)  # tag -> profile doc
+    comparisons: dict = field(default_factory=dict)  # tag -> utrc-compare/1 doc (utrc.compare)
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -116,6 +120,12 @@ def load_run(manifest: dict, root: str | Path = ".") -> Run:
         doc = _json(run, path)
         if doc is not None:
             run.profiles[tag] = doc
+    for tag, path in (files.get("compare") or {}).items():
+        doc = _json(run, path)
+        if doc is not None:
+            if doc.get("format") != "utrc-compare/1":
+                raise ReportError(f"{path}: format: expected 'utrc-compare/1', got {doc.get('format')!r}")
+            run.comparisons[tag] = doc
     return run
 
 
@@ -136,36 +146,29 @@ def _json(run: Run, path: str):
 
 
 def _table(run: Run, path: str) -> list[dict] | None:
-    """A CSV or parquet table as a list of dicts (numbers parsed; empty cells None)."""
+    """A CSV or parquet table as a list of dicts (numbers as Python numbers; empty cells None)."""
     p = _resolve(run, path)
     if not p.is_file():
         run.missing.append(str(path))
         return None
-    if p.suffix == ".parquet":
-        import pandas as pd
+    try:
+        frame = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
+        raise ReportError(f"{p} is not a readable table: {err}") from None
+    return records(frame)
 
-        frame = pd.read_parquet(p)
-        return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict("records")]
-    with open(p, newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts of plain Python values: NaN -> None, numpy scalars -> int / float / str."""
+    return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def _clean(v):
+    if hasattr(v, "item"):  # numpy scalar
+        v = v.item()
     if isinstance(v, float) and math.isnan(v):
         return None
-    if hasattr(v, "item"):  # numpy scalar
-        return v.item()
     return v
-
-
-def _number(text: str):
-    if text is None or text == "":
-        return None
-    try:
-        f = float(text)
-    except ValueError:
-        return text
-    return None if math.isnan(f) else (int(f) if f.is_integer() and "." not in text and "e" not in text.lower() else f)
 
 
 # --- the paper's published numbers -------------------------------------------------------------
@@ -175,10 +178,9 @@ def paper_reference(ref: str) -> dict | None:
     """The paper's rows for `ref` if it is one of its checkpoints (Hugging Face "-hf" ids included):
     {"results": [row, ...], "efficiency": [row, ...]}; None for any other model."""
     key = ref.strip().rstrip("/")
-    if key.endswith("-hf"):
-        key = key[: -len("-hf")]
+    key = key.removesuffix("-hf")
     out = {}
     for name in ("results", "efficiency"):
-        with open(REFERENCE_DIR / f"paper_{name}.csv", newline="") as f:
-            out[name] = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f) if row["model"] == key]
+        frame = pd.read_csv(REFERENCE_DIR / f"paper_{name}.csv")
+        out[name] = records(frame[frame.model == key])
     return out if out["results"] else None

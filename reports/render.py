@@ -1,6 +1,7 @@
 """Render the HTML reports: one self-contained page per model, and an index of the models.
 
-    python -m reports.render page  --manifest results/demo-mamba2/report-manifest.json --out reports-out/demo-mamba2.html
+    python -m reports.render page --manifest results/demo-mamba2/report-manifest.json \
+        --out reports-out/demo-mamba2.html
     python -m reports.render index --out reports-out/index.html results/*/report-manifest.json
 
 A page holds everything it needs: CSS, a small script (legend highlighting) and the charts as inline
@@ -26,6 +27,9 @@ from . import page, svg
 from .data import ReportError, load_run, read_manifest
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+# The index's models: Paul Tol's "muted" colours that no method uses on the models' pages.
+MODEL_COLORS = ["#332288", "#117733", "#882255", "#999933", "#AA4499", "#DDCC77"]
+MODEL_MARKERS = ["circle", "square", "diamond", "triangle"]
 
 
 def environment() -> Environment:
@@ -34,6 +38,7 @@ def environment() -> Environment:
     env.filters["pct"] = page.pct
     env.filters["num"] = lambda v, fmt="{:.3g}": "–" if v is None else fmt.format(v)
     env.globals["inline"] = lambda name: Markup((TEMPLATES / name).read_text())  # our own CSS / JS, verbatim
+    env.globals["chip"] = lambda method: svg.swatch(page.COLORS[method], page.MARKERS[method], page.DASHES[method])
     return env
 
 
@@ -64,14 +69,15 @@ def render_index(manifests: list[str | Path], out: str | Path, root: str | Path 
         run = load_run(manifest, root if root is not None else _root_of(Path(m), manifest))
         entries.append(page.index_entry(run, f"{run.name}.html"))
     series = []
-    for i, e in enumerate(entries):
+    for i, e in enumerate(entries):  # colours mean models here, from a palette no method uses
         pts = [(r["nominal"], r["average"]) for r in e["rows"]
                if r["method"] in ("dense", "utrc-searched") and r["average"] is not None and r["nominal"] is not None]
-        series.append(svg.Series(e["model"]["name"], sorted(pts), color=svg.PALETTE[i % len(svg.PALETTE)],
-                                 marker="star" if len(pts) else "circle"))
+        series.append(svg.Series(e["model"]["name"], sorted(pts), color=MODEL_COLORS[i % len(MODEL_COLORS)],
+                                 marker=MODEL_MARKERS[i % len(MODEL_MARKERS)]))
     chart = svg.xy_chart("index-accuracy", series, title="Searched policies: average accuracy against FLOPs reduction",
                          x_label="nominal FLOPs reduction", y_label="average accuracy", x_format=svg.percent(),
-                         y_format=svg.percent(), caption="One line per model: dense at 0 %, then the searched policy of "
+                         y_format=svg.percent(),
+                         caption="One line per model: dense at 0 %, then the searched policy of "
                                                          "each budget. Accuracies are only comparable within a model.")
     html = environment().get_template("index.html.j2").render(title="UTRC policies: index", generated=_now(),
                                                               entries=entries, chart=chart)

@@ -4,7 +4,7 @@
 which loads the model once) and, per call, points it at the trial's policy and runs
 `lm_eval.simple_evaluate` on the tasks (the demo tasks' dev split by default: items that share no
 document with the test items). The result is the mean over tasks of each task's paper metric
-(`utrc.evaluation.PAPER_METRICS`: acc or acc_norm), as `utrc.evaluation` averages. The loaded
+(`utrc.names.PAPER_METRICS`: acc or acc_norm), as `utrc.evaluation` averages. The loaded
 model is exposed as `.model`, so the KL objective can share it instead of loading a second copy.
 """
 
@@ -26,7 +26,8 @@ class DevAccuracy:
 
     def __init__(self, model_ref: str, tasks: str = "demo", task_manager=None, limit: int | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype=None, max_length: int | None = None):
-        from utrc.evaluation import PAPER_METRICS, TASK_SETS
+        from utrc.evaluation import TASK_SETS
+        from utrc.names import PAPER_METRICS
         from utrc.lm_eval.model import DEFAULT_MAX_LENGTH, UtrcLM
 
         self.tasks = list(TASK_SETS[tasks]) if tasks in TASK_SETS else [t for t in tasks.split(",") if t]
@@ -41,7 +42,7 @@ class DevAccuracy:
             raise ValueError(f"dev tasks {unknown} are unknown to the task manager")
         missing = [t for t in self.tasks if t not in PAPER_METRICS]
         if missing:
-            raise ValueError(f"dev tasks {missing} have no accuracy metric in utrc.evaluation.PAPER_METRICS")
+            raise ValueError(f"dev tasks {missing} have no accuracy metric in utrc.names.PAPER_METRICS")
         self.metrics = {t: PAPER_METRICS[t] for t in self.tasks}
         self.task_manager = task_manager
         self.limit = limit

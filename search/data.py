@@ -2,8 +2,8 @@
 
 A *text spec* names where the text comes from:
 
-* ``"demo"`` or ``"demo:COUNT"``: ``utrc.demo.calibration_texts(COUNT, seed)`` (COUNT defaults to
-  ``DEMO_POOL``), the demo generator's text;
+* ``"demo"`` or ``"demo:COUNT"``: ``demo.calibration_texts(COUNT, seed)`` (COUNT defaults to
+  ``DEMO_POOL``), the text of the repository's demo generator;
 * a path to a local file: ``.txt`` (the whole file is one text), ``.jsonl`` (one JSON object per
   line with a ``"text"`` field) or ``.json`` (a list of strings);
 * ``"hf:NAME[:CONFIG[:SPLIT]]"``: a Hugging Face dataset through ``datasets.load_dataset``
@@ -39,7 +39,7 @@ def load_documents(spec: str, seed: int | None = None) -> list[str]:
     """
     if spec == "demo" or spec.startswith("demo:"):
         count = DEMO_POOL if spec == "demo" else _positive_int(spec[len("demo:") :], spec)
-        from utrc import demo  # the demo package is optional for real models
+        import demo  # the repository's demo generator, needed for this text only
 
         docs = list(demo.calibration_texts(count) if seed is None else demo.calibration_texts(count, seed))
     elif spec.startswith("hf:"):
@@ -80,17 +80,6 @@ def windows(stream: torch.Tensor, n: int, length: int, part: str = "head") -> to
     if part == "tail":
         return stream[stream.numel() - need :].view(n, length).clone()
     raise ValueError(f"part: expected 'head' or 'tail', got {part!r}")
-
-
-def split_windows(stream: torch.Tensor, calib: tuple[int, int], dev: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Calibration windows (head) and dev windows (tail) that share no token; `calib`/`dev` are (n, length)."""
-    need = calib[0] * calib[1] + dev[0] * dev[1]
-    if stream.numel() < need:
-        raise DataError(
-            f"calibration text too short for {calib[0]}x{calib[1]} calibration and {dev[0]}x{dev[1]} dev tokens "
-            f"({need} in all, disjoint): the text has {stream.numel()}"
-        )
-    return windows(stream, *calib, part="head"), windows(stream, *dev, part="tail")
 
 
 def document_rows(documents: list[str], tokenizer, n: int, max_len: int, part: str = "tail",

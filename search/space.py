@@ -1,38 +1,23 @@
-"""The search space, and the projection that puts every sampled policy on the FLOPs budget.
+"""The search space: what a trial samples, and which budgets it can reach.
 
 A trial samples, for every searchable block `l`, a removal weight `w_l` in [0, 1] (parameter
 ``w_<l>``), plus the global `prune_share` (``prune_share``; per block ``q_<l>`` when
 `per_layer_prune_share`), the importance metric and source as one choice (``importance``, e.g.
 ``"clip/ssm_output"``), and the residual / hidden strategies. The weights only say *where* to
-remove tokens, relative to each other; `project` says *how much*.
+remove tokens, relative to each other; `utrc.budget.fit` says *how much*.
 
-Feasibility by construction (recorded in the study as `FEASIBILITY`): the weights are mapped to
-keep ratios along a path `keeps(s)`, s in [0, 2], on which every keep ratio is non-increasing:
-
-    s in [0, 1]: keep_l = max(0.5, 1 - s * K * w_l) for w_l > 0   (K = 0.5 / min positive w, so
-                 every weighted block reaches 0.5 at s = 1), keep_l = 1 for w_l = 0;
-    s in [1, 2]: the weighted blocks stay at 0.5, the others follow 1 - (s - 1) * 0.5.
-
-Each keep is rounded to the grid (multiples of `keep_grid`), which keeps it monotone in s. The
-nominal FLOPs reduction (`utrc.flops.estimate_flops`, SPEC §5) mostly grows along the path (not
-strictly: switching a block on adds its matching cost before it removes enough tokens to pay for
-it), so a bisection keeps reduction(lo) < target <= reduction(hi) and returns the policy at hi:
-its reduction is >= the target, never below. Blocks with equal weights get equal keeps (that is
-how the paper's one-keep schedule is a point of the space), so they cross a grid point together;
-the overshoot above the target is at most one grid step of the blocks that move together (about
-0.0007 for the paper's 7 layers of a 64-layer model at grid 0.001, more for a uniform schedule
-over dozens of blocks; recorded per trial as `overshoot`). At s = 2 every searchable block keeps 0.5, which removes
-floor(P/2) tokens, the most any keep ratio can; a target above that point is unreachable by any
-policy of the space, and `check_reachable` refuses it before a trial runs.
+Feasibility by construction (recorded in the study as `FEASIBILITY`): `utrc.budget.fit` maps the
+weights onto keep ratios along a monotone path and returns the first grid point whose nominal
+FLOPs reduction reaches the budget, never below it (its docstring has the path). A budget above
+what keep 0.5 at every searchable block reaches is refused by `check_reachable` before a trial runs.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping
 
-from utrc import LayerSpec, ModelShape, ModelSpec, Policy, estimate_flops
+from utrc import ModelShape, ModelSpec, Policy
+from utrc.budget import Budget, BudgetError, max_reduction
 from utrc.policy import IMPORTANCE_METRICS, IMPORTANCE_SOURCES, STRATEGIES, paper_layers
 
 FEASIBILITY = (
@@ -40,26 +25,8 @@ FEASIBILITY = (
     "path is bisected until utrc.flops.estimate_flops(...)['reduction'] >= budget (never below; grid-rounded keeps)"
 )
 
-MIN_KEEP = 0.5  # every keep <= 0.5 removes floor(P/2), the most a layer can remove
-
-
-class SpaceError(ValueError):
-    """The search space or the budget is invalid for the model (raised before any trial runs)."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A nominal FLOPs reduction target, costed at `seq_len` tokens with `protect_last` protected."""
-
-    reduction: float
-    seq_len: int = 2048
-    protect_last: int = 1
-
-    def __post_init__(self):
-        if not 0.0 < self.reduction < 1.0:
-            raise SpaceError(f"budget: expected a FLOPs reduction in (0, 1) (e.g. 0.3 for 30 %), got {self.reduction!r}")
-        if self.seq_len < 2 or not 0 <= self.protect_last < self.seq_len:
-            raise SpaceError(f"budget: need seq_len >= 2 and 0 <= protect_last < seq_len, got {self.seq_len}, {self.protect_last}")
+# The space and the budget it is fitted to fail alike: an invalid one stops the search before any trial.
+SpaceError = BudgetError
 
 
 @dataclass(frozen=True)
@@ -147,84 +114,6 @@ def parse_layers(text: str, n_layer: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-# --- projection onto the budget ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Projected:
-    policy: Policy
-    reduction: float  # nominal FLOPs reduction (>= the target)
-    token_fraction_proxy: float
-    target: float
-
-
-def keeps_along(weights: Mapping[int, float], s: float, grid: float | None) -> dict[int, float]:
-    """Keep ratio of each block at point s in [0, 2] of the path (see the module docstring)."""
-    positive = {l: w for l, w in weights.items() if w > 0}
-    if not positive:
-        positive = {l: 1.0 for l in weights}  # no preference: every block alike
-    K = MIN_KEEP / min(positive.values())
-    keeps = {}
-    for l in weights:
-        if l in positive:
-            raw = max(MIN_KEEP, 1.0 - min(s, 1.0) * K * positive[l])
-        else:
-            raw = 1.0 - max(0.0, s - 1.0) * (1.0 - MIN_KEEP)
-        keeps[l] = _on_grid(raw, grid)
-    return keeps
-
-
-def project(
-    shape: ModelShape,
-    base: Policy,
-    weights: Mapping[int, float],
-    budget: Budget,
-    grid: float | None = 0.001,
-    prune_shares: Mapping[int, float] | None = None,
-    target: float | None = None,
-) -> Projected:
-    """The first policy along the weights' path whose nominal reduction reaches the target.
-
-    `base` gives everything but the layers (method, importance, strategies, prune_share); the
-    target is `budget.reduction` unless given (multi-objective mode samples it). Raises
-    SpaceError if no point of the path reaches it.
-    """
-    target = budget.reduction if target is None else target
-    if not weights:
-        raise SpaceError("no searchable layers to place the reduction on")
-
-    def evaluate(keeps: Mapping[int, float]) -> tuple[Policy, dict]:
-        layers = {
-            l: LayerSpec(k, None if prune_shares is None else prune_shares.get(l)) for l, k in keeps.items() if k < 1.0
-        }
-        policy = replace(base, layers=layers)
-        return policy, estimate_flops(shape, policy, budget.seq_len, budget.protect_last)
-
-    policy, est = evaluate(keeps_along(weights, 2.0, grid))
-    if est["reduction"] < target:
-        raise SpaceError(
-            f"budget {target:.4f} unreachable: keeping 0.5 at every searchable block {sorted(weights)} gives "
-            f"{est['reduction']:.4f} at seq_len {budget.seq_len} ({base.method}, {base.importance_source})"
-        )
-    lo, hi = 0.0, 2.0  # invariant: reduction(lo) < target <= reduction(hi)
-    for _ in range(64):
-        mid = (lo + hi) / 2
-        if evaluate(keeps_along(weights, mid, grid))[1]["reduction"] >= target:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo < 1e-12:
-            break
-    policy, est = evaluate(keeps_along(weights, hi, grid))
-    return Projected(policy, est["reduction"], est["token_fraction_proxy"], target)
-
-
-def max_reduction(shape: ModelShape, base: Policy, layers, budget: Budget) -> float:
-    """The largest nominal reduction any policy over `layers` reaches (every block at keep 0.5)."""
-    policy = replace(base, layers={l: LayerSpec(MIN_KEEP) for l in layers})
-    return estimate_flops(shape, policy, budget.seq_len, budget.protect_last)["reduction"]
-
-
 def reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
     """{importance source of the space: the largest nominal reduction a policy with it reaches}.
     The source matters: its width sets the cost of matching (SPEC §5)."""
@@ -286,10 +175,3 @@ def paper_weights(space: SearchSpace, n_layer: int) -> dict[int, float] | None:
     if not layers <= set(space.layers):
         return None
     return {l: (1.0 if l in layers else 0.0) for l in space.layers}
-
-
-def _on_grid(keep: float, grid: float | None) -> float:
-    if grid is None:
-        return min(1.0, max(MIN_KEEP, keep))
-    steps = math.floor(keep / grid + 0.5)
-    return min(1.0, max(MIN_KEEP, round(steps * grid, 10)))

@@ -35,11 +35,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from utrc import ModelShape, ModelSpec, Policy
+from utrc.budget import fit
+from utrc.names import budget_tag
 from utrc.policy import paper_layers
 
 from . import provenance
 from .objective import DenseReference
-from .space import FEASIBILITY, Budget, SearchSpace, SpaceError, check_reachable, paper_weights, project
+from .space import FEASIBILITY, Budget, SearchSpace, SpaceError, check_reachable, paper_weights
 
 PAPER_PARAMS = {"importance": "clip/ssm_output", "prune_share": 0.5, "residual_strategy": "merge", "hidden_strategy": "hybrid"}
 QUALITIES = ("kl", "dev_error", "kl+dev_error")
@@ -78,11 +80,6 @@ class StudyConfig:
             "quality": self.quality,
             "dev_error_weight": self.dev_error_weight,
         }
-
-
-def budget_tag(reduction: float) -> str:
-    """0.3 -> "0.3", 0.125 -> "0.125": the budget as file names carry it (README: searched-0.3.json)."""
-    return f"{round(reduction, 6):g}"
 
 
 def default_study_name(model_name: str, budget: Budget) -> str:
@@ -270,7 +267,7 @@ def first_trials(config: StudyConfig, shape: ModelShape, calibration: dict | Non
     if paper is None:
         warnings.warn(f"paper layers {list(paper_layers(shape.n_layer))} are not all searchable: paper trial not enqueued")
     elif paper_ok:
-        out.append(({**{f"w_{l}": w for l, w in paper.items()}, **common}, "paper"))
+        out.append(({**{f"w_{l}": w for l, w in paper.items()}, **common}, "utrc-paper"))
     prior = prior_weights(calibration, space.layers)
     if prior is not None and space.weight_step:
         prior = {l: round(round(w / space.weight_step) * space.weight_step, 6) for l, w in prior.items()}
@@ -338,7 +335,7 @@ class Objective:
         self.worker = worker_id()
 
     def policy(self, trial) -> tuple[Policy, object]:
-        """Sample (or replay) a trial's parameters -> (policy on the budget, Projected)."""
+        """Sample (or replay) a trial's parameters -> (policy on the budget, utrc.budget.Fitted)."""
         space, budget = self.config.space, self.config.budget
         weights = {l: trial.suggest_float(f"w_{l}", 0.0, 1.0, step=space.weight_step) for l in space.layers}
         pair = _categorical(trial, "importance", space.importance)
@@ -358,7 +355,7 @@ class Objective:
         target = budget.reduction
         if self.config.multi_objective:
             target = trial.suggest_float("target", budget.reduction, space.max_target)
-        projected = project(self.shape, base, weights, budget, space.keep_grid, per_layer, target)
+        projected = fit(self.shape, base, weights, budget, space.keep_grid, per_layer, target)
         if projected.reduction < budget.reduction:  # the hard requirement; project guarantees it
             raise SpaceError(f"policy below budget: {projected.reduction} < {budget.reduction}")
         return projected.policy, projected

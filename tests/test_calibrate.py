@@ -12,7 +12,7 @@ from transformers import Mamba2ForCausalLM, PreTrainedTokenizerFast
 
 from search import calibrate as cal_mod
 from search.calibrate import CalibrationConfig, CalibrationError, calibrate, load_summary, save
-from search.data import DataError, document_rows, load_documents, split_windows, token_stream, windows
+from search.data import DataError, document_rows, load_documents, token_stream, windows
 from search.study import space_from_calibration
 from search.space import SearchSpace
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
@@ -142,11 +142,9 @@ def test_bad_input_stops_before_any_forward_pass(tmp_path):
         load_documents(str(tmp_path / "missing.txt"))
     with pytest.raises(DataError, match="too short"):
         windows(torch.arange(100), 3, 40)
-    with pytest.raises(DataError, match="disjoint"):
-        split_windows(torch.arange(100), (2, 30), (2, 30))
     with pytest.raises(DataError, match="2 documents, 3 requested"):
         document_rows(["a b", "c d"], tiny_tokenizer(), 3, 10)
-    head, tail = split_windows(torch.arange(100), (1, 30), (2, 30))
+    head, tail = windows(torch.arange(100), 1, 30, part="head"), windows(torch.arange(100), 2, 30, part="tail")
     assert head[0, 0] == 0 and tail[-1, -1] == 99 and head.max() < tail.min()
     with pytest.raises(CalibrationError, match="not found"):
         load_summary(tmp_path / "nope.json")

@@ -8,9 +8,14 @@ agreement a user sees. Inputs: demo text, at a length that is not a multiple of 
 """
 
 import contextlib
+import os
 
 import pytest
 import torch
+
+# float32 means float32: mamba_ssm's Triton matmuls default to TF32 (about 1e-3 relative), which
+# would hide a real difference between the two paths and flip near-tied token choices
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply, load_model
 from utrc.kernels import is_causal_conv1d_available, is_mamba_ssm_available
@@ -54,7 +59,7 @@ def pair(request):
 
 
 def demo_ids(batch: int = 4, length: int = SEQ_LEN) -> torch.Tensor:
-    from utrc.demo import calibration_texts
+    from demo import calibration_texts
 
     tok = load_model("demo:mamba2", device="cpu")[1]
     ids = tok("\n".join(calibration_texts(64)), return_tensors="pt").input_ids[0]
@@ -92,16 +97,26 @@ def test_dense_equals_the_native_model_and_the_cpu_reference(pair):
 
 
 def test_bf16_top1_agrees_with_the_cpu_reference(pair):
+    # bf16 keeps 8 bits of mantissa: logits of a few units move by ~0.02, so where the float32
+    # reference's best two tokens are closer than that, bf16 may pick either, on any implementation.
+    # Claimed: (a) on positions the reference decides by a margin of at least 0.1, mamba_ssm's model
+    # in bf16 picks the same token on >= 99 %; (b) overall it agrees with the reference no less than
+    # transformers' model does in bf16 on the same GPU.
     native, cpu = pair
-    ref_name = "demo:" + ModelShape.of(native).architecture
-    bf16, _ = load_model(ref_name, device="cuda", dtype=torch.bfloat16, path="mamba_ssm")
+    name = "demo:" + ModelShape.of(native).architecture
+    bf16, _ = load_model(name, device="cuda", dtype=torch.bfloat16, path="mamba_ssm")
+    hf16, _ = load_model(name, device="cuda", dtype=torch.bfloat16, path="transformers")
     x = demo_ids()
     with torch.no_grad():
-        ours = bf16(x.cuda()).logits
-    with torch.no_grad(), pytorch_reference_path():
-        ref = cpu(x).logits
-    agreement = float((ours.argmax(-1).cpu() == ref.argmax(-1)).float().mean())
-    assert agreement >= 0.99, agreement
+        ours, theirs = bf16(x.cuda()).logits.float().cpu(), hf16(x.cuda()).logits.float().cpu()
+        with pytorch_reference_path():
+            ref = cpu(x).logits
+    top2 = ref.topk(2, dim=-1).values
+    decided = (top2[..., 0] - top2[..., 1]) >= 0.1
+    best = ref.argmax(-1)
+    assert decided.float().mean() > 0.5  # the claim covers most positions
+    assert float((ours.argmax(-1) == best)[decided].float().mean()) >= 0.99
+    assert float((ours.argmax(-1) == best).float().mean()) >= float((theirs.argmax(-1) == best).float().mean()) - 0.01
 
 
 @pytest.mark.parametrize("method", ["utrc", "evit", "tome"])

@@ -1,4 +1,4 @@
-"""The lm-eval model `utrc` and the results files (SPEC §4, §9), with real lm-eval on both sides.
+"""The lm-eval model `utrc` and the results files (docs/method.md §4, README's API), with real lm-eval on both sides.
 
 Tiny random models (tests/conftest.py) are saved in Hugging Face format with a byte-level
 tokenizer built offline; lm-eval's own task configs read the small local files in
@@ -74,7 +74,7 @@ def save_tiny(architecture, directory):
     model = (Mamba2ForCausalLM if architecture == "mamba2" else MambaForCausalLM)(config).eval()
     with torch.no_grad():  # as conftest.tiny_model: random norms make importance informative
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
+            if name.endswith(("norm.weight", "norm_f.weight")):
                 p.copy_(1.0 + 0.5 * torch.randn_like(p))
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
@@ -122,6 +122,25 @@ def run(model, model_args, task_manager, tasks=TASKS, **kw):
 
 def n_lines(task):
     return len((DATA / f"{task}.jsonl").read_text().splitlines())
+
+
+# --- the metric reported per task -----------------------------------------------------------------
+
+# Copied from the paper's Tables 1 and 2 (lm-eval names): the metric each benchmark's column reports.
+PAPER_TABLE = {
+    "lambada_openai": "acc",
+    "hellaswag": "acc_norm",
+    "piqa": "acc",
+    "arc_easy": "acc",
+    "arc_challenge": "acc_norm",
+    "winogrande": "acc",
+}
+DEMO_TABLE = {f"demo_{t.removesuffix('_openai')}": metric for t, metric in PAPER_TABLE.items()}
+
+
+def test_reported_metric_per_task_is_the_papers():
+    assert {t: PAPER_METRICS[t] for t in BENCHMARKS} == PAPER_TABLE
+    assert {t: PAPER_METRICS[t] for t in DEMO_TABLE} == DEMO_TABLE  # each demo task as its benchmark
 
 
 # --- dense equals lm-eval's own HF model ------------------------------------------------------------
@@ -178,7 +197,7 @@ def test_six_benchmarks_results_document(tiny, task_manager, tmp_path):
     for task in BENCHMARKS:
         t = doc["tasks"][task]
         assert t["n_items"] == n_lines(task)
-        assert t["paper_metric"] == PAPER_METRICS[task] and t["score"] == t["metrics"][t["paper_metric"]]
+        assert t["paper_metric"] == PAPER_TABLE[task] and t["score"] == t["metrics"][t["paper_metric"]]
         assert {"acc", "acc_stderr"} <= set(t["metrics"])
         assert 0.0 <= t["score"] <= 1.0
         assert 0.0 < t["realized_flops_reduction"] < 1.0 and 0.0 < t["realized_token_fraction"] < 1.0
@@ -255,7 +274,7 @@ def test_realized_cost_is_charged_per_task_and_matches_the_flops_model(tiny):
 
 
 def test_set_policy_switches_scoring_without_reloading(tiny, tmp_path):
-    model_dir, policy_file, model = tiny
+    model_dir, policy_file, _ = tiny
     lm = UtrcLM(pretrained=model_dir, policy="dense", device="cpu", batch_size=2)
     loaded = lm.model
     instances = [Instance("loglikelihood", {}, ("a context of some length, long enough to reduce", " and its end"), 0, ("t", 0, 1))]

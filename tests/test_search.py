@@ -1,8 +1,6 @@
-"""search: budget projection, cached objective, Optuna study (journal / RDB storage, resume), export."""
+"""search: the space, cached objective, Optuna study (journal / RDB storage, resume), export."""
 
-import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,15 +19,12 @@ from test_calibrate import write_checkpoint
 
 from search import run as run_cli
 from search.calibrate import CalibrationConfig, calibrate
-from search.export import baselines, export, pareto_trials
+from search.export import export, pareto_trials
 from search.objective import DenseReference
-from search.space import (Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget, paper_weights,
-                          project)
+from search.space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget
 from search.study import (Objective, StudyConfig, StudyError, create_or_resume, recover_stale_trials,
                           register_worker, run, worker_id)
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply, estimate_flops
-from utrc.policy import paper_layers
-from utrc.shapes import PAPER_SHAPES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPO = Path(__file__).resolve().parents[1]
@@ -56,42 +51,7 @@ def setup_study(tmp_path, architecture="mamba2", n_layer=8, budget=0.2, n_trials
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# --- projection onto the budget -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["state-spaces/mamba2-2.7b", "state-spaces/mamba-2.8b", "state-spaces/mamba2-130m"])
-def test_projection_lands_on_the_budget_from_above(name):
-    shape = PAPER_SHAPES[name]
-    spec = ModelSpec.of(shape, name)
-    layers = default_layers(shape.n_layer)
-    rng = random.Random(0)
-    draws = [{l: rng.random() for l in layers} for _ in range(6)]
-    draws.append({l: (1.0 if l == layers[3] else 0.0) for l in layers})  # one block cannot carry 30 %: phase 2
-    draws.append({l: 0.0 for l in layers})  # no preference: uniform
-    for target in (0.1, 0.2, 0.3):
-        for i, weights in enumerate(draws):
-            p = project(shape, Policy(method="utrc", model=spec), weights, Budget(target))
-            est = estimate_flops(shape, p.policy, 2048, 1)["reduction"]
-            assert est == p.reduction >= target
-            keeps = [s.keep for s in p.policy.layers.values()]
-            assert all(0.5 <= k < 1 and abs(k * 1000 - round(k * 1000)) < 1e-6 for k in keeps)
-            if i < 6:  # distinct weights: blocks cross grid points one at a time
-                assert p.reduction - target < 0.002
-            if i == len(draws) - 1:  # equal weights, equal keeps
-                assert len(set(keeps)) == 1 and len(keeps) == len(layers)
-
-
-def test_paper_weights_give_the_smallest_grid_keep_on_budget():
-    shape = PAPER_SHAPES["state-spaces/mamba2-2.7b"]
-    spec = ModelSpec.of(shape)
-    space = SearchSpace(layers=default_layers(64))
-    for target in (0.1, 0.2, 0.3):
-        p = project(shape, Policy(method="utrc", model=spec), paper_weights(space, 64), Budget(target))
-        assert set(p.policy.layers) == set(paper_layers(64))
-        (keep,) = {s.keep for s in p.policy.layers.values()}
-        looser = estimate_flops(shape, Policy.paper(spec, round(keep + 0.001, 3)))["reduction"]
-        assert p.reduction >= target > looser  # one grid step more keep misses the budget
-    assert keep == 0.906  # 30 %: the largest grid keep on budget (the released code uses 0.905)
+# --- the space and the budget -------------------------------------------------------------------
 
 
 def test_unreachable_budget_and_bad_layers_stop_before_any_trial(tmp_path):
@@ -103,8 +63,6 @@ def test_unreachable_budget_and_bad_layers_stop_before_any_trial(tmp_path):
         create_or_resume(str(journal), "s", StudyConfig(Budget(0.3, seq_len=256), space), shape, spec)
     with pytest.raises(SpaceError, match=r"\[6, 9\] are outside the model: it has 6 blocks"):
         create_or_resume(str(journal), "s", StudyConfig(Budget(0.1), SearchSpace(layers=(2, 6, 9))), shape, spec)
-    with pytest.raises(SpaceError, match="budget: expected a FLOPs reduction in"):
-        Budget(1.5)
     assert not journal.exists()  # nothing was created, no trial ran
     reach = check_reachable(shape, spec, SearchSpace(layers=(1, 2, 3, 4)), Budget(0.3, seq_len=256))
     assert reach["ssm_output"] > 0.3
@@ -115,9 +73,6 @@ def test_unreachable_budget_and_bad_layers_stop_before_any_trial(tmp_path):
     fitted = fit_to_budget(shape, spec, both, Budget(0.45, seq_len=256))
     assert fitted.importance == ("l1/mixer_output",) and "ssm_output" in fitted.notes[0]
     assert fit_to_budget(shape, spec, both, Budget(0.3, seq_len=256)) is both
-    skipped = {}
-    found = baselines(shape, spec, Budget(0.45, seq_len=256), 0.001, skipped)
-    assert set(found) == {"evit", "dense"} and set(skipped) == {"paper", "tome"}  # never written below budget
 
 
 def test_command_line_bad_input_exits_with_a_message(tmp_path, capsys):
@@ -187,7 +142,7 @@ def test_study_starts_from_the_paper_schedule_and_keeps_every_trial_on_budget(tm
     model = tiny_model("mamba2", n_layer=8)
     calibration = calibrate(model, dev_ids(seed=5), CalibrationConfig(score_last=4)).summary
     study, objective, cfg, storage = setup_study(tmp_path, n_trials=24, calibration=calibration)
-    assert [t.user_attrs["origin"] for t in study.trials[:3]] == ["paper", "calibration", "uniform"]
+    assert [t.user_attrs["origin"] for t in study.trials[:3]] == ["utrc-paper", "calibration", "uniform"]
     assert "bisected" in study.user_attrs["feasibility"]
     assert run(study, objective, 24, progress=None) == 24
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -197,22 +152,25 @@ def test_study_starts_from_the_paper_schedule_and_keeps_every_trial_on_budget(tm
     assert study.best_value <= paper.value
     assert len({t.params["w_4"] for t in complete[3:]}) == 21  # sampled, not replayed
 
-    paths = export(storage, "tiny-20", tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out" / "policies").iterdir()) == [
-        "dense-0.2.json", "evit-0.2.json", "paper-0.2.json", "searched-0.2.json", "tome-0.2.json"]
-    searched = Policy.load(paths["searched"])
+    out = tmp_path / "out"
+    paths = export([(storage, "tiny-20")], "tiny", out)
+    assert sorted(p.name for p in (out / "policies").iterdir()) == [
+        "tiny_evit_flops0.2.json", "tiny_tome_flops0.2.json", "tiny_utrc-paper_flops0.2.json",
+        "tiny_utrc-searched_flops0.2.json"]
+    assert sorted(p.name for p in (out / "search" / "flops0.2" / "seed0").iterdir()) == ["pareto.csv", "trials.csv"]
+    searched = Policy.load(paths["utrc-searched"])
     assert searched.provenance["trial"] == study.best_trial.number
     assert searched.provenance["objective"]["quality_loss"] == study.best_value
     assert searched.provenance["calibration"]["hash"] == calibration["hash"]
     assert searched.measured["dev_kl"] == study.best_value
     shape = ModelShape.of(model)
-    for method in ("searched", "paper", "evit", "tome"):
-        p = Policy.load(paths[method])
+    for run_name in ("utrc-searched", "utrc-paper", "evit", "tome"):
+        p = Policy.load(paths[run_name])
         assert p.estimates["reduction"] == estimate_flops(shape, p, 256, 1)["reduction"] >= 0.2
-        assert p.method == {"searched": "utrc", "paper": "utrc"}.get(method, method)
-    assert Policy.load(paths["paper"]).layers == Policy.from_dict(paper.user_attrs["policy"]).layers
-    assert Policy.load(paths["paper"]).measured["dev_kl"] == paper.value
-    assert Policy.load(paths["dense"]).method == "dense"
+        assert p.method == {"utrc-searched": "utrc", "utrc-paper": "utrc"}.get(run_name, run_name)
+    assert Policy.load(paths["utrc-paper"]).layers == Policy.from_dict(paper.user_attrs["policy"]).layers
+    assert Policy.load(paths["utrc-paper"]).measured["dev_kl"] == paper.value
+    paths = {k.removesuffix(" seed 0"): v for k, v in paths.items()}
     trials = pd.read_csv(paths["trials"])
     assert len(trials) == len(study.trials) and (trials.nominal_reduction >= 0.2).all()
     pareto = pd.read_csv(paths["pareto"])
@@ -223,6 +181,26 @@ def test_study_starts_from_the_paper_schedule_and_keeps_every_trial_on_budget(tm
         assert better.empty
 
 
+def test_export_of_several_seeds_chooses_on_the_dev_set(tmp_path):
+    studies = []
+    for seed in (0, 1):
+        model = tiny_model("mamba2", n_layer=8)
+        cfg = StudyConfig(budget=Budget(0.2, seq_len=256), space=SearchSpace(layers=default_layers(8)), n_trials=5,
+                          seed=seed, n_startup_trials=2)
+        study = create_or_resume(str(tmp_path / f"seed{seed}.journal"), f"tiny-seed{seed}", cfg, ModelShape.of(model),
+                                 ModelSpec.of(ModelShape.of(model), "tiny"))
+        spec = ModelSpec.of(ModelShape.of(model), "tiny")
+        run(study, Objective(cfg, DenseReference(model, dev_ids(), score_last=4, start_layer=2), spec), 5, progress=None)
+        studies.append((str(tmp_path / f"seed{seed}.journal"), f"tiny-seed{seed}", study.best_value))
+    paths = export([s[:2] for s in studies], "tiny", tmp_path / "out")
+    chosen = Policy.load(paths["utrc-searched"]).provenance
+    assert chosen["objective"]["quality_loss"] == min(s[2] for s in studies)
+    assert [s["objective"]["quality_loss"] for s in chosen["chosen_from"]] == [s[2] for s in studies]
+    for seed in (0, 1):  # each seed's best beside its tables
+        seed_policy = tmp_path / "out" / "search" / "flops0.2" / f"seed{seed}" / "tiny_utrc-searched_flops0.2.json"
+        assert Policy.load(seed_policy).provenance["seed"] == seed
+
+
 def test_multi_objective_mode_gives_a_pareto_front_above_the_budget(tmp_path):
     space = SearchSpace(layers=default_layers(8), max_target=0.35)
     study, objective, _, storage = setup_study(tmp_path, n_trials=16, space=space, multi_objective=True)
@@ -231,7 +209,7 @@ def test_multi_objective_mode_gives_a_pareto_front_above_the_budget(tmp_path):
     assert all(0.2 <= t.values[1] and t.params.get("target", 0.2) <= 0.35 for t in complete)
     assert {t.number for t in study.best_trials} == {t.number for t in pareto_trials(study)}
     assert max(t.values[1] for t in complete) > 0.3  # the front spans the FLOPs range
-    assert export(storage, "tiny-20", tmp_path / "out")["pareto"].exists()
+    assert export([(storage, "tiny-20")], "tiny", tmp_path / "out")["pareto seed 0"].exists()
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
@@ -246,8 +224,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 def test_rdb_url_works_through_the_same_option(tmp_path):
     study, objective, _, storage = setup_study(tmp_path, storage=f"sqlite:///{tmp_path / 'study.db'}", n_trials=4)
     assert run(study, objective, 4, progress=None) == 4
-    assert study.trials[0].user_attrs["origin"] == "paper"
-    assert Policy.load(export(storage, "tiny-20", tmp_path / "out")["searched"]).method == "utrc"
+    assert study.trials[0].user_attrs["origin"] == "utrc-paper"
+    assert Policy.load(export([(storage, "tiny-20")], "tiny", tmp_path / "out")["utrc-searched"]).method == "utrc"
 
 
 def test_stale_running_trials_are_failed_and_retried(tmp_path):

@@ -36,7 +36,19 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 def test_default_config_plans_the_demo_run(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config.yaml")))
     assert jobs == {"calibrate": 1, "search_worker": 3, "export": 3, "evaluate_dense": 1, "evaluate": 12,
-                    "profile": 3, "report": 1, "report_index": 1, "all": 1}
+                    "compare": 3, "profile": 3, "report": 1, "report_index": 1, "all": 1}
+
+
+def test_the_demo_search_configs_plan_their_runs(tmp_path):
+    # config/ holds the other runs, each laid over config.yaml (and the devacc run over search-demo.yaml)
+    configs = [str(ROOT / "config" / "search-demo.yaml")]
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--configfile", *configs))
+    assert jobs == {"calibrate": 1, "search_worker": 3, "export": 3, "evaluate_dense": 1, "evaluate": 12,
+                    "compare": 3, "report": 1, "report_index": 1, "all": 1}
+    configs.append(str(ROOT / "config" / "search-demo-devacc.yaml"))
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--configfile", *configs, "--config", "search={\"seeds\": 3}"))
+    assert jobs == {"calibrate": 1, "search_init": 3, "search_worker": 6, "export": 1, "evaluate_dense": 1,
+                    "evaluate": 4, "evaluate_seed": 3, "compare": 1, "report": 1, "report_index": 1, "all": 1}
 
 
 def test_paper_config_plans_the_full_paper_run(tmp_path):
@@ -44,8 +56,8 @@ def test_paper_config_plans_the_full_paper_run(tmp_path):
     jobs = planned_jobs(proc)
     studies = 2 + 3 + 2 + 3  # the paper's budgets of the four checkpoints
     assert jobs == {"calibrate": 4, "search_init": studies, "search_worker": 4 * studies, "export": studies,
-                    "evaluate_dense": 4, "evaluate": 4 * studies, "profile": studies, "report": 4, "report_index": 1,
-                    "all": 1}
+                    "evaluate_dense": 4, "evaluate": 4 * studies, "compare": studies, "profile": studies, "report": 4,
+                    "report_index": 1, "all": 1}
     out = proc.stdout
     assert "results/state-spaces--mamba2-2.7b/policies/state-spaces--mamba2-2.7b_utrc-searched_flops0.3.json" in out
     assert "reports-out/state-spaces--mamba-1.4b.html" in out
@@ -81,7 +93,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    from utrc.demo.tokenizer import build_tokenizer
+    from demo.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Mamba2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, expand=2, head_dim=16,
@@ -112,20 +124,22 @@ def test_tiny_run_end_to_end(tmp_path, tiny_model):
         assert (results / "policies" / name).is_file()
     doc = json.loads((results / "eval" / "utrc-searched_flops0.15.json").read_text())
     assert doc["format"] == "utrc-results/1" and list(doc["tasks"]) == ["demo_piqa"]
+    assert len(doc["tasks"]["demo_piqa"]["item_scores"]["acc"]) == 4  # per-item scores, for the comparison
+    compared = json.loads((results / "compare" / "flops0.15.json").read_text())
+    assert compared["format"] == "utrc-compare/1" and list(compared["against"]) == ["dense"]
+    assert (results / "search" / "flops0.15" / "seed0" / "trials.csv").is_file()
     page = (tmp_path / "reports-out" / "tiny.html").read_text()
     assert 'data-method="utrc-searched" data-budget="0.15"' in page and "tiny_utrc-searched_flops0.15.json" in page
     assert 'href="tiny.html"' in (tmp_path / "reports-out" / "index.html").read_text()
-    # progress and the command line reach the terminal (prefixed by the job) and the rule's log
-    assert "[search tiny flops0.15 worker 0] $ " in proc.stdout
-    log = (results / "logs" / "eval-utrc-searched-flops0.15.log").read_text()
-    assert log.startswith("$ ") and "-m utrc.evaluation" in log and "Running loglikelihood requests" in log
+    # each job's output goes to its log
+    assert "Running loglikelihood requests" in (results / "logs" / "eval-utrc-searched-flops0.15.log").read_text()
 
     # a second run has nothing to do
     assert planned_jobs(snakemake(tmp_path, "-n", *args)) == {}
     # another budget reruns its own jobs only: calibration and the dense evaluation are kept
     jobs = planned_jobs(snakemake(tmp_path, "-n", *args, "budgets=[0.1]"))
-    assert jobs == {"search_worker": 1, "export": 1, "evaluate": 1, "profile": 1, "report": 1, "report_index": 1,
-                    "all": 1}
+    assert jobs == {"search_worker": 1, "export": 1, "evaluate": 1, "compare": 1, "profile": 1, "report": 1,
+                    "report_index": 1, "all": 1}
     # another evaluation method runs that evaluation only
     jobs = planned_jobs(snakemake(tmp_path, "-n", *args, 'evaluation={"methods": ["dense", "utrc-searched", "evit"]}'))
-    assert jobs == {"evaluate": 1, "report": 1, "report_index": 1, "all": 1}
+    assert jobs == {"evaluate": 1, "compare": 1, "report": 1, "report_index": 1, "all": 1}

@@ -1,6 +1,6 @@
 """Evaluate a (model, policy) pair on lm-eval tasks and write one results file (SPEC §4).
 
-    doc = evaluate("demo:mamba2", "policy.json", DEMO_TASKS, task_manager=utrc.demo.task_manager())
+    doc = evaluate("demo:mamba2", "policy.json", "demo")     # the six demo tasks, split "test"
     write_results(doc, "results/demo_mamba2/policy.json")
 
 `evaluate` runs `lm_eval.simple_evaluate(model="utrc", ...)` — lm-eval's own task configs,
@@ -33,30 +33,15 @@ import torch
 import transformers
 
 from . import __version__
-from .demo import REPORTED_METRIC
 from .flops import estimate_flops
 from .io import atomic_write_json
+from .names import BENCHMARKS, DEMO_TASKS, PAPER_EXTRA_METRICS, PAPER_METRICS
 from .policy import Policy
 from .shapes import ModelShape
 
 FORMAT = "utrc-results/1"
 
-BENCHMARKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
-DEMO_TASKS = ("demo_lambada", "demo_hellaswag", "demo_piqa", "demo_arc_easy", "demo_arc_challenge", "demo_winogrande")
-TASK_SETS = {"benchmarks": BENCHMARKS, "demo": DEMO_TASKS}
-
-# The metric the paper reports for each task (lm-eval names); the average is over these accuracies.
-PAPER_METRICS = {
-    "lambada_openai": "acc",
-    "hellaswag": "acc_norm",
-    "piqa": "acc",
-    "arc_easy": "acc",
-    "arc_challenge": "acc_norm",
-    "winogrande": "acc",
-    **REPORTED_METRIC,  # the demo tasks, each with its benchmark's metric
-}
-# Reported beside the accuracy, not averaged.
-PAPER_EXTRA_METRICS = {"lambada_openai": ("perplexity",), "demo_lambada": ("perplexity",)}
+TASK_SETS = {"benchmarks": tuple(BENCHMARKS), "demo": tuple(DEMO_TASKS)}
 ACCURACIES = ("acc", "acc_norm")
 
 NOMINAL_SEQ_LEN = 2048  # the nominal reduction is stated for one 2048-token prefill, protect_last 1
@@ -172,12 +157,10 @@ def _as_list(tasks) -> list[str]:
 
 
 def _default_task_manager(names: list[str]):
-    if all(n.startswith("demo_") for n in names):
-        try:
-            from . import demo
-        except ImportError as err:
-            raise ValueError(f"demo tasks {names} need utrc.demo, which is not available: {err}") from err
-        return demo.task_manager()
+    if all(n in DEMO_TASKS for n in names):
+        from .demo import task_manager  # the demo's shipped items, read only when asked for
+
+        return task_manager()
     from lm_eval.tasks import TaskManager
 
     return TaskManager()

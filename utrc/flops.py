@@ -93,7 +93,7 @@ from __future__ import annotations
 import argparse
 
 from .counts import removal_count
-from .policy import LayerSpec, ModelSpec, Policy, paper_layers, with_layers
+from .policy import ModelSpec, Policy, paper_layers
 from .shapes import PAPER_SHAPES, ModelShape
 
 
@@ -197,7 +197,9 @@ def feature_width(shape: ModelShape, policy: Policy) -> int:
 
 
 def _schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int):
-    """Tokens per block, plus (prefix, removed) of each reduction step that removes something."""
+    """Tokens each block processes for one row of `seq_len` tokens, plus (prefix, removed) of each
+    reduction step that removes something. Reduction at block l happens after block l's mixer, so it
+    shortens blocks l+1 onward."""
     layers = policy.reduction_layers()
     n, counts, steps = seq_len, [], []
     for l in range(n_layer):
@@ -209,14 +211,6 @@ def _schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int):
                 steps.append((prefix, r))
                 n -= r
     return counts, steps, n
-
-
-def token_schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int) -> list[int]:
-    """Tokens that each block processes for one row of `seq_len` tokens.
-
-    Reduction at block l happens after block l's mixer, so it shortens blocks l+1 onward.
-    """
-    return _schedule(n_layer, policy, seq_len, protect_last)[0]
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -296,104 +290,35 @@ def realized_flops(
     return result
 
 
-# --- solving a schedule for a budget ------------------------------------------------------------
-
-
-def solve_keep(
-    shape: ModelShape,
-    layers,
-    target_reduction: float,
-    seq_len: int = 2048,
-    protect_last: int = 1,
-    base_policy: Policy | None = None,
-    metric: str = "reduction",
-) -> float:
-    """The one keep ratio at `layers` whose nominal `metric` is closest to `target_reduction`.
-
-    `metric` is "reduction" (analytic FLOPs) or "token_fraction_proxy". The metric is a
-    non-increasing step function of keep; bisection finds the step that crosses the target, and
-    the shortest decimal inside the closer step is returned (so it survives rounding in a file).
-    Every keep <= 0.5 removes floor(P/2) at every layer, the most there is: a larger target
-    raises ValueError naming the maximum reachable reduction.
-    """
-    if metric not in ("reduction", "token_fraction_proxy"):
-        raise ValueError(f"metric: expected 'reduction' or 'token_fraction_proxy', got {metric!r}")
-    layers = sorted({int(l) for l in layers})
-    if base_policy is None:
-        base_policy = Policy(method="utrc", model=ModelSpec.of(shape), layers={})
-
-    def f(keep: float) -> float:
-        spec = {l: LayerSpec(keep, base_policy.layers[l].prune_share if l in base_policy.layers else None) for l in layers}
-        return estimate_flops(shape, with_layers(base_policy, spec), seq_len, protect_last)[metric]
-
-    most = f(0.5)
-    if target_reduction > most + 1e-12:
-        raise ValueError(
-            f"target {metric} {target_reduction:.4f} is unreachable at layers {layers} "
-            f"(seq_len {seq_len}, protect_last {protect_last}): the maximum reachable is {most:.4f} (keep <= 0.5)"
-        )
-    if target_reduction <= f(1.0):
-        return 1.0
-    lo, hi = 0.5, 1.0  # f(lo) >= target > f(hi)
-    while hi - lo > 1e-12:
-        mid = (lo + hi) / 2
-        if f(mid) >= target_reduction:
-            lo = mid
-        else:
-            hi = mid
-    f_lo, f_hi = f(lo), f(hi)
-    value, inside = (f_lo, lo) if f_lo - target_reduction <= target_reduction - f_hi else (f_hi, hi)
-    # The step of keeps with this value: [a, b] around `inside`.
-    a, b = _step_end(f, value, inside, 0.5), _step_end(f, value, inside, 1.0)
-    for digits in range(1, 13):
-        for keep in sorted({round(x, digits) for x in ((a + b) / 2, a, b)}, key=lambda k: abs(k - (a + b) / 2)):
-            if a <= keep <= b and f(keep) == value:
-                return keep
-    return inside
-
-
-def _step_end(f, value: float, inside: float, towards: float) -> float:
-    """The farthest keep from `inside` towards `towards` with f(keep) == value (bisection)."""
-    if f(towards) == value:
-        return towards
-    good, bad = inside, towards
-    while abs(bad - good) > 1e-12:
-        mid = (good + bad) / 2
-        if f(mid) == value:
-            good = mid
-        else:
-            bad = mid
-    return good
-
-
 # --- command line -------------------------------------------------------------------------------
 
 
 def main(argv=None) -> None:
+    from .budget import BudgetError, schedule_policy
+
     ap = argparse.ArgumentParser(
         prog="python -m utrc.flops",
-        description="Keep ratios of the paper's schedule solved for 10/20/30 % analytic FLOPs reduction.",
+        description="Keep ratios of the paper's schedule fitted to 10/20/30 % analytic FLOPs reduction (utrc.budget).",
     )
     ap.add_argument("--seq-len", type=int, default=2048)
-    ap.add_argument("--protect-last", type=int, default=1)
     ap.add_argument("--model", choices=sorted(PAPER_SHAPES), help="only this shape (default: all)")
     args = ap.parse_args(argv)
     names = [args.model] if args.model else list(PAPER_SHAPES)
-    print(f"paper schedule (utrc, ssm_output), seq_len {args.seq_len}, protect_last {args.protect_last}")
+    print(f"paper schedule (utrc, ssm_output), seq_len {args.seq_len}, protect_last 1")
     print(f"{'model':26} {'target':>7} {'keep':>8} {'reduction':>10} {'proxy':>7}")
     for name in names:
         shape = PAPER_SHAPES[name]
-        layers = paper_layers(shape.n_layer)
-        print(f"{name}  layers {list(layers)}")
+        print(f"{name}  layers {list(paper_layers(shape.n_layer))}")
         for target in (0.10, 0.20, 0.30):
             try:
-                keep = solve_keep(shape, layers, target, args.seq_len, args.protect_last)
-            except ValueError as err:
+                policy = schedule_policy("utrc-paper", shape, target, seq_len=args.seq_len)
+            except BudgetError as err:
                 print(f"{'':26} {target:7.0%}  {err}")
                 continue
-            est = estimate_flops(shape, Policy.paper(ModelSpec.of(shape), keep), args.seq_len, args.protect_last)
+            keep = next(iter(policy.layers.values())).keep
+            est = estimate_flops(shape, policy, args.seq_len, 1)
             print(f"{'':26} {target:7.0%} {keep!s:>8} {est['reduction']:10.4f} {est['token_fraction_proxy']:7.4f}")
-        est = estimate_flops(shape, Policy.paper(ModelSpec.of(shape), 0.905), args.seq_len, args.protect_last)
+        est = estimate_flops(shape, Policy.paper(ModelSpec.of(shape), 0.905), args.seq_len, 1)
         print(
             f"{'':26} {'keep':>7} {0.905!s:>8} {est['reduction']:10.4f} {est['token_fraction_proxy']:7.4f}"
             f"   (keep 0.905: proxy {est['token_fraction_proxy']:.3f}, reduction {est['reduction']:.3f})"

@@ -198,7 +198,7 @@ def _demo_dir(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"demo model 'demo:{name}' not found at {path}: the demo model files are missing from "
-            "the installed package (they are built by `python -m utrc.demo.train`)"
+            "the installed package (the repository's `python -m demo.train` builds them, docs/demo.md)"
         )
     return path
 
@@ -251,25 +251,25 @@ def _hub_snapshot(repo_id: str) -> Path:
     return path
 
 
-def _resolve_ref(ref: str) -> tuple[Path, str]:
-    """(directory, origin) for a model reference; origin is "demo", "local" or "hub"."""
+def _resolve_ref(ref: str) -> Path:
+    """The directory of a model reference: a demo model's, a local one, or a hub snapshot."""
     if not isinstance(ref, (str, os.PathLike)):
         raise TypeError(f"model reference must be a string or a path, got {type(ref).__name__}")
     ref = os.fspath(ref)
     if ref.startswith("demo:"):
-        return _demo_dir(ref[len("demo:") :]), "demo"
+        return _demo_dir(ref[len("demo:") :])
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model directory {str(path)!r} has no config.json")
-        return path, "local"
+        return path
     if path.exists():
         raise NotADirectoryError(
             f"{str(path)!r} is a file; pass the model directory (the one holding config.json)"
         )
     if not _looks_like_hub_id(ref):
         raise FileNotFoundError(f"model directory not found: {str(path)!r} does not exist")
-    return _hub_snapshot(ref), "hub"
+    return _hub_snapshot(ref)
 
 
 def _checkpoint_format(config: dict, directory: Path) -> tuple[str, str]:
@@ -509,7 +509,7 @@ def load_model(ref: str, device="cpu", dtype=None, tokenizer=None, path: str = "
         _note_cpu_kernel_fallback()
     native = _native_path(path, device)
     dtype = _resolve_dtype(dtype, device)
-    directory, _origin = _resolve_ref(ref)
+    directory = _resolve_ref(ref)
     config = _read_json(directory / "config.json")
     fmt, architecture = _checkpoint_format(config, directory)
     tok = _load_tokenizer(tokenizer, directory, fmt)  # before the weights: fail fast

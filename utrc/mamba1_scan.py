@@ -36,7 +36,7 @@ def scan_chunk(length: int) -> int:
 
 def mamba1_mixer_forward(mixer, hidden_states: torch.Tensor, cache=None, selective_scan=None):
     """`mixer`: a transformers MambaMixer; hidden_states [B, L, D] (the block's normed input) ->
-    (output [B, L, D], SSM output [B, L, E]: the input of out_proj, a view). `cache`: a
+    (output [B, L, D], SSM output [B, L, E]: the input of out_proj). `cache`: a
     transformers cache to fill with the conv and recurrent states. `selective_scan`: the scan
     function (default mamba_ssm's `selective_scan_fn`)."""
     from transformers.models.mamba.modeling_mamba import causal_conv1d_fn
@@ -70,5 +70,6 @@ def mamba1_mixer_forward(mixer, hidden_states: torch.Tensor, cache=None, selecti
     if cache is not None:
         out, state = out
         cache.update_recurrent_state(state, mixer.layer_idx)
-    y = out[:, :, :L].transpose(1, 2).to(hidden_states.dtype)  # [B, L, E], a view
+    # contiguous: out_proj would copy it so anyway, and the reduction step reads it row by row
+    y = out[:, :, :L].transpose(1, 2).to(hidden_states.dtype).contiguous()  # [B, L, E]
     return mixer.out_proj(y), y

@@ -16,10 +16,10 @@ possible:
 * Mamba-2, `scan_output` (the first input of the gated norm), or any block that fills a decoding
   cache: the mixer's own unfused path (the one `generate` uses for its prefill), whose `norm` and
   `out_proj` calls a forward pre-hook reads for that one call.
-* Mamba-1: `mamba1_prefill` below, mamba_ssm's unfused Mamba-1 path with its selective scan run at
-  a length the scan kernel's fast path takes (`utrc.mamba1_scan`), which returns the SSM output.
-  Every Mamba-1 block whose length is not such a length runs it too: mamba_ssm's scan leaves its
-  vectorised path at any other length and makes a shortened sequence slower than a full one.
+* Mamba-1: `mamba1_prefill` below, mamba_ssm's unfused Mamba-1 path with its selective scan run
+  where the scan kernel's fast path takes it, which returns the SSM output. Every Mamba-1 block
+  whose length is not such a length runs it too: mamba_ssm's scan leaves its vectorised path at
+  any other length and makes a shortened sequence slower than a full one.
 
 mamba_ssm imports its CUDA extensions at import time; this module imports it only when a
 `NativeBlocks` is built, so it can be imported (not used) on a CPU.
@@ -86,7 +86,8 @@ class NativeBlocks:
             mix, found = _mamba2_with_sources(layer.mixer, normed, set(sources), cache)
         else:
             mix, ssm_output = mamba1_prefill(layer.mixer, normed, cache)
-            found = {"ssm_output": ssm_output, "mixer_output": mix}
+            # row-major for the reduction step, which reads it token by token (a strided view otherwise)
+            found = {"ssm_output": ssm_output.contiguous(), "mixer_output": mix}
         missing = [s for s in sources if s not in found]
         if missing:
             raise RuntimeError(f"{type(layer.mixer).__name__} has no importance source {missing[0]!r}")
@@ -188,11 +189,19 @@ def _read_inputs(mixer, sources):
 
 def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     """mamba_ssm's `Mamba.forward` (its unfused branch, in its own channels-first layout) with the
-    selective scan's inputs right-padded to a length its fast path takes (`utrc.mamba1_scan`):
-    exact at every real position, and for the final state a cache keeps.
+    selective scan run where the scan kernel's fast path takes it: exact at every real position.
+
+    mamba_ssm's scan walks each row in chunks of 2048 steps (fewer for rows of at most 1024) and
+    is fast only when the row fills whole chunks. A shortened row (2048 -> 1856 -> ...) does not:
+    * without a cache, the rows are laid end to end in one sequence (`_Packed`), each followed by
+      reset steps (input 0 and a huge step size: the state is multiplied by exp(-huge) = 0 and
+      nothing is added), and the whole is padded to a multiple of the chunk. The scan then costs
+      what the batch's real tokens cost, as every other part of the block does.
+    * with a cache (a prefill before decoding), each row is padded to the chunk with zero-size
+      steps (`utrc.mamba1_scan`), which leave the state unchanged, so the final state is exact.
 
     mixer: a mamba_ssm `Mamba`; u [B, L, D] the block's normed input; cache: InferenceParams or None
-    -> (output [B, L, D], SSM output [B, L, E]: the input of out_proj, a view)."""
+    -> (output [B, L, D], SSM output [B, L, E]: the input of out_proj, a strided view)."""
     from causal_conv1d import causal_conv1d_fn
     from einops import rearrange
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -203,6 +212,7 @@ def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     if mixer.in_proj.bias is not None:
         xz = xz + mixer.in_proj.bias.to(dtype=xz.dtype)[:, None]
     x, z = xz.chunk(2, dim=1)  # [B, E, L] each
+    del xz
     if conv_state is not None:
         conv_state.copy_(F.pad(x, (mixer.d_conv - L, 0)))  # the last d_conv inputs
     x = causal_conv1d_fn(x, rearrange(mixer.conv1d.weight, "d 1 w -> d w"), mixer.conv1d.bias, activation="silu")
@@ -211,19 +221,56 @@ def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     dt = rearrange(mixer.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=L)  # [B, E, L]; bias goes to the scan
     B = rearrange(B, "(b l) n -> b n l", l=L)  # [B, N, L]
     C = rearrange(C, "(b l) n -> b n l", l=L)
+    scan = dict(delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True)
+    A, D = -torch.exp(mixer.A_log.float()), mixer.D.float()
+    if cache is None and not _scan_friendly(L):
+        packed = _Packed(batch, L)
+        y = selective_scan_fn(packed.pack(x, 0.0), packed.pack(dt, RESET_DT), A, packed.pack(B, 0.0),
+                              packed.pack(C, 0.0), D, z=packed.pack(z, 0.0), **scan)[0]  # [E, Lp]
+        # out_proj on the packed rows read column-major: one GEMM, no transposing copy
+        out = F.linear(y.t(), mixer.out_proj.weight, mixer.out_proj.bias)  # [Lp, D]
+        return packed.rows(out.t()).contiguous(), packed.rows(y)  # [B, L, D], [B, L, E]
     pad = -L % scan_chunk(L)
     if pad:  # padded steps have step size 0: they leave the state as it is and add nothing
         x, z, B, C = (F.pad(t, (0, pad)) for t in (x, z, B, C))
         dt = F.pad(dt, (0, pad), value=PAD_DT)
-    y = selective_scan_fn(
-        x, dt, -torch.exp(mixer.A_log.float()), B.contiguous(), C.contiguous(), mixer.D.float(), z=z,
-        delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True, return_last_state=ssm_state is not None,
-    )  # fmt: skip  # [B, E, L + pad]
+    y = selective_scan_fn(x, dt, A, B.contiguous(), C.contiguous(), D, z=z, return_last_state=ssm_state is not None,
+                          **scan)  # [B, E, L + pad]
     if ssm_state is not None:
         y, last_state = y
         ssm_state.copy_(last_state)
-    y = rearrange(y[..., :L], "b d l -> b l d")  # [B, L, E], a view
+    y = rearrange(y[..., :L], "b d l -> b l d")  # [B, L, E], a view as in mamba_ssm's own path
     return mixer.out_proj(y), y
+
+
+RESET_DT = 1e30  # a step size after which exp(dt * A) is 0 for any A < -1e-28: the state restarts from 0
+
+
+class _Packed:
+    """B rows of L steps laid end to end in one scan sequence [1, C, Lp]: each row starts at a multiple
+    of 8 steps (so every row's slice stays 16-byte aligned) and is followed by at least one reset
+    step; the whole is padded with reset steps to a multiple of the scan's chunk."""
+
+    def __init__(self, batch: int, length: int):
+        self.B, self.L = batch, length
+        self.seg = length + 1 + (-(length + 1) % 8)  # steps per row, resets included
+        self.total = batch * self.seg
+        self.Lp = self.total + (-self.total % scan_chunk(self.total))
+
+    def pack(self, t: torch.Tensor, fill: float) -> torch.Tensor:
+        """[B, C, L] -> [1, C, Lp], reset steps set to `fill`."""
+        C = t.shape[1]
+        out = t.new_empty(1, C, self.Lp)
+        rows = out[0, :, : self.total].view(C, self.B, self.seg)  # [C, B, seg]
+        rows[:, :, : self.L].copy_(t.transpose(0, 1))
+        rows[:, :, self.L :].fill_(fill)
+        out[0, :, self.total :].fill_(fill)
+        return out
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """[1, C, Lp] or [C, Lp] -> the real steps of every row as [B, L, C] (a strided view)."""
+        C = t.shape[-2]
+        return t.reshape(C, self.Lp)[:, : self.total].view(C, self.B, self.seg)[:, :, : self.L].permute(1, 2, 0)
 
 
 def _states(mixer, cache, batch: int):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -216,12 +216,6 @@ class Policy:
                 "importance_source: 'scan_output' exists only for Mamba-2 (the scan output before the gated "
                 "norm); use 'ssm_output' or 'mixer_output' for a Mamba-1 model"
             )
-
-
-def with_layers(policy: Policy, layers: Mapping[int, float | LayerSpec]) -> Policy:
-    """A copy of `policy` with new per-layer keep ratios (floats or LayerSpec)."""
-    specs = {int(i): (v if isinstance(v, LayerSpec) else LayerSpec(float(v))) for i, v in layers.items()}
-    return replace(policy, layers=specs)
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ import time
 
 import torch
 
-from .flops import estimate_flops, solve_keep
+from .budget import SCHEDULE_RUNS, schedule_policy
+from .flops import estimate_flops
 from .io import atomic_write_json, now, versions
 from .loading import load_model
-from .policy import LayerSpec, ModelSpec, Policy, paper_layers
+from .policy import ModelSpec, Policy
 from .reduced import apply
 from .shapes import PAPER_SHAPES, ModelShape
 
@@ -93,15 +94,13 @@ def transformers_twin(native_model):
 
 
 def budget_policy(spec: str, shape: ModelShape, name: str = "", seq_len: int = 2048) -> Policy:
-    """'utrc-paper:0.3' / 'evit:0.3' / 'tome:0.3' -> a policy at the paper's layers meeting the budget."""
+    """'utrc-paper:0.3' / 'evit:0.3' / 'tome:0.3' -> the run at the paper's layers meeting the budget
+    (`utrc.budget.schedule_policy`)."""
     run, _, budget = spec.partition(":")
-    method = {"utrc-paper": "utrc", "evit": "evit", "tome": "tome"}.get(run)
-    if method is None or not budget:
-        raise ValueError(f"policy {spec!r}: expected a policy file or RUN:BUDGET with RUN utrc-paper | evit | tome")
-    base = Policy(method=method, model=ModelSpec.of(shape, name))
-    layers = paper_layers(shape.n_layer)
-    keep = solve_keep(shape, layers, float(budget), seq_len=seq_len, base_policy=base)
-    return Policy(method=method, model=base.model, layers={layer: LayerSpec(keep) for layer in layers})
+    if run not in SCHEDULE_RUNS or not budget:
+        runs = " | ".join(SCHEDULE_RUNS)
+        raise ValueError(f"policy {spec!r}: expected a policy file or RUN:BUDGET with RUN in {runs}")
+    return schedule_policy(run, shape, float(budget), name=name, seq_len=seq_len)
 
 
 # --- measuring -----------------------------------------------------------------------------------

@@ -112,11 +112,11 @@ class ReducedModel:
         (rows must be unpadded): a transformers `DynamicCache(config=model.config)` for a
         transformers model, a mamba_ssm `InferenceParams` for a mamba_ssm model.
         `last_logits_only`: logits of the last row only (as generation needs): logits [B, 1, V]."""
-        state = self.start(input_ids, protect_last, attention_mask)
-        if cache is not None and bool((state.lengths != input_ids.shape[1]).any()):
+        if cache is not None and attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("a cache needs unpadded rows: the recurrent state would absorb the padding")
         per_layer: list[tuple[int, ...]] = []
-        state = self.run(state, cache=cache, tokens_per_layer=per_layer)
+        # no reference to the start state is kept here: `run` lets go of the embeddings after block 0
+        state = self.run(self.start(input_ids, protect_last, attention_mask), cache=cache, tokens_per_layer=per_layer)
         if last_logits_only:
             state = _last_rows(state)
         logits = self.lm_head(self.final_norm(state))  # [B, N', V]
@@ -147,7 +147,12 @@ class ReducedModel:
             raise PolicyError(
                 f"layers: the policy reduces at block(s) {skipped}, before block {start} where this run starts"
             )
+        # Peak memory is that of the largest block, as in mamba_ssm's own loop, only if nothing else
+        # holds a [B, N, *] tensor: the loop owns the stream, and a reduction layer lets go of each
+        # tensor (the block's input, the importance source, the unreduced branches) once used.
         hidden, residual = state.hidden, state.residual
+        state = replace(state, hidden=None, residual=None)
+        source = self.policy.importance_source
         for i in range(start, stop):
             if tokens_per_layer is not None:
                 tokens_per_layer.append(state.host_lengths)
@@ -156,11 +161,15 @@ class ReducedModel:
             if counts is None or counts.R == 0:
                 hidden, residual = self.blocks.block(i, hidden, residual, cache)
                 continue
-            mix, residual, found = self.blocks.split_block(i, hidden, residual, (self.policy.importance_source,), cache)
-            plan = self._plan(found[self.policy.importance_source], state, *step, counts)
-            hidden, residual = plan.hidden(mix, state.sizes), plan.residual(residual, state.sizes)
+            mix, residual, found = self.blocks.split_block(i, hidden, residual, (source,), cache)
+            hidden = None
+            plan = self._plan(found.pop(source), state, *step, counts)
+            hidden = plan.hidden(mix, state.sizes)
+            mix = None
+            residual = plan.residual(residual, state.sizes)
             state = replace(state, positions=plan.positions(state.positions), sizes=plan.sizes(state.sizes),
                             lengths=plan.new_lengths, host_lengths=counts.new_lengths)
+            plan = None
         return replace(state, hidden=hidden, residual=residual)
 
     def final_norm(self, state: TokenState) -> torch.Tensor:

@@ -14,6 +14,7 @@ A / Bset the less / more important halves of a row's reducible prefix, R the lar
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +138,18 @@ class ReductionPlan:
     def _source_weights(self, sizes: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
         return torch.where(merge, sizes.gather(1, self.src), torch.zeros((), dtype=sizes.dtype, device=sizes.device))
 
+    @functools.cached_property
+    def _merge_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows of the flattened input [B*N, D] that are sources, rows of the flattened output
+        [B*N', D] they merge into), both [B*R]: the same for both branches, so computed once."""
+        B, N = self.new_index.shape
+        Np = self.keep.shape[1]
+        batch = torch.arange(B, device=self.src.device)[:, None]
+        src_rows = (self.src + batch * N).reshape(-1)
+        # a padding slot's destination may be a removed token (index -1): any row will do, weight 0
+        dst_rows = (self.new_index.gather(1, self.dst).clamp(min=0) + batch * Np).reshape(-1)
+        return src_rows, dst_rows
+
     def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor, merges: bool) -> torch.Tensor:
         out = self._gather(x)  # [B, N', D]
         if not merges:
@@ -147,11 +160,8 @@ class ReductionPlan:
         # are rewritten: a row no source merges into keeps its exact bits.
         B, N, D = x.shape
         Np = out.shape[1]
-        batch = torch.arange(B, device=x.device)[:, None]
         w_src = self._source_weights(sizes, merge).reshape(-1).float()  # [B*R]
-        src_rows = (self.src + batch * N).reshape(-1)  # [B*R] rows of x
-        # a padding slot's destination may be a removed token (index -1): any row will do, weight 0
-        dst_rows = (self.new_index.gather(1, self.dst).clamp(min=0) + batch * Np).reshape(-1)  # [B*R] rows of out
+        src_rows, dst_rows = self._merge_rows  # [B*R] rows of x, rows of out
         x_src = x.reshape(B * N, D).index_select(0, src_rows).float() * w_src[:, None]  # [B*R, D]
         num = torch.zeros(B * Np, D, device=x.device).index_add_(0, dst_rows, x_src)  # [B*N', D]
         den = torch.zeros(B * Np, device=x.device).index_add_(0, dst_rows, w_src)  # [B*N']
@@ -181,10 +191,15 @@ def _arange_mask(count: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=count.device)[None, :] < count[:, None]
 
 
-def _first_where(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """Indices of the True entries of each row of mask [B, N], in order, padded with 0 -> [B, width]."""
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
-    return order.masked_fill(~_arange_mask(mask.sum(1), width), 0)
+def _first_where(mask: torch.Tensor, width: int, slot: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the True entries of each row of mask [B, N], in order, padded with 0 -> [B, width].
+    `slot`: mask.cumsum(1) - 1 if the caller has it. Each True entry is scattered to its slot (the
+    others to a spare column, dropped): no sort."""
+    B, N = mask.shape
+    slot = mask.cumsum(1) - 1 if slot is None else slot  # [B, N] slot of each True entry
+    slot = torch.where(mask & (slot < width), slot, width)
+    out = torch.zeros(B, width + 1, dtype=torch.int64, device=mask.device)
+    return out.scatter_(1, slot, torch.arange(N, device=mask.device).expand(B, N))[:, :width]
 
 
 def _finish(
@@ -204,6 +219,7 @@ def _finish(
     # scatter_add, not scatter: padding slots point at index 0 and must not overwrite a real source there
     removed = torch.zeros(B, N, dtype=torch.int32, device=lengths.device).scatter_add_(1, src, valid.int()) > 0
     survivor = _arange_mask(lengths, N) & ~removed
+    new_index = survivor.cumsum(1) - 1  # [B, N]
     new_lengths = lengths - valid.sum(1)
     width = max(counts.new_lengths, default=0)
     return ReductionPlan(
@@ -212,10 +228,10 @@ def _finish(
         valid=valid,
         merge_hidden=merge_hidden & valid,
         merge_residual=merge_residual & valid,
-        keep=_first_where(survivor, width),
+        keep=_first_where(survivor, width, new_index),
         keep_valid=_arange_mask(new_lengths, width),
         new_lengths=new_lengths,
-        new_index=survivor.cumsum(1) - 1,
+        new_index=new_index,
         hidden_merges=hidden_merges,
         residual_merges=residual_merges,
         ragged=min(counts.new_lengths, default=0) < width,
@@ -227,6 +243,9 @@ def _cosine_best_match(features, a_idx, a_valid, b_idx, b_valid):
     since b_idx is in position order and max returns the first maximum).
     -> (best similarity [B, |A|] with -inf on invalid A slots, destination index [B, |A|])."""
     B, N, C = features.shape
+    if b_idx.shape[1] % 8:  # an output row of a multiple of 16 bytes keeps cuBLAS on its aligned kernels
+        pad = 8 - b_idx.shape[1] % 8
+        b_idx, b_valid = F.pad(b_idx, (0, pad)), F.pad(b_valid, (0, pad))  # index 0, never valid
     flat = features.reshape(B * N, C)
     offset = torch.arange(B, device=features.device)[:, None] * N
     fa = flat.index_select(0, (a_idx + offset).reshape(-1)).view(B, -1, C)  # [B, |A|, C]

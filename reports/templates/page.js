@@ -1,5 +1,6 @@
 // The page's only script: legend hover highlights a chart's series; the page records what it drew
-// (each chart's rendered size and number of marks), which the browser test reads.
+// (each chart's rendered size and number of marks) and anything cut off at the window's width
+// (a table or code block wider than its box, text outside its chart), which the browser test reads.
 (function () {
   "use strict";
   var errors = [];
@@ -36,8 +37,38 @@
       if (box.width > 0 && box.height > 0 && marks > 0) { drawn += 1; }
     });
     document.body.setAttribute("data-charts-drawn", String(drawn));
+    document.body.setAttribute("data-cut-off", cutOff().join(" | "));
     document.body.setAttribute("data-tables", String(document.querySelectorAll("table").length));
     document.body.setAttribute("data-ready", "1");
+  }
+  function describe(el) {
+    var chart = el.closest("figure.chart");
+    return (chart ? "chart " + chart.getAttribute("data-chart") + ": " : "") + el.tagName.toLowerCase() +
+      (el.className && typeof el.className === "string" ? "." + el.className.split(" ").join(".") : "");
+  }
+  function cutOff() {
+    var found = [];
+    var root = document.documentElement;
+    if (root.scrollWidth > root.clientWidth + 1) {
+      found.push("page " + root.scrollWidth + "px wide in a " + root.clientWidth + "px window");
+    }
+    document.querySelectorAll(".table-wrap, pre, .legend, .recommend").forEach(function (el) {
+      var shown = el.getClientRects().length > 0 && !el.closest("details:not([open])");
+      if (shown && el.scrollWidth > el.clientWidth + 1) {
+        found.push(describe(el) + " " + el.scrollWidth + "px in " + el.clientWidth + "px");
+      }
+    });
+    document.querySelectorAll("svg.chart-svg").forEach(function (svg) {
+      var frame = svg.getBoundingClientRect();
+      svg.querySelectorAll("text").forEach(function (text) {
+        var box = text.getBoundingClientRect();  // after transforms (rotated axis labels)
+        if (box.left < frame.left - 1 || box.top < frame.top - 1 || box.right > frame.right + 1 ||
+            box.bottom > frame.bottom + 1) {
+          found.push(describe(text) + " '" + text.textContent + "' outside its chart");
+        }
+      });
+    });
+    return found;
   }
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", ready);

@@ -1,13 +1,18 @@
-# The configuration layer: validation with defaults, model directory names, budget tags and paths.
+# The configuration layer: validation with defaults, model directory names, paths and job arguments.
 #
-# Everything a rule needs is derived here once, from the validated `config`; rules only format paths.
-# No project package is imported (planning a run must not need torch): the scripts call the packages.
+# Everything a rule needs is derived here once, from the validated `config`; rules take their paths
+# from the helpers below. Only utrc.names is imported (the run names and the policy file paths,
+# defined once for the workflow and search.export alike; it needs no torch).
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from utrc.names import POLICY_RUNS, budget_tag, policy_path, seed_dir, seed_policy_path
 
 
 SCHEMA = "../schemas/config.schema.yaml"
@@ -86,11 +91,6 @@ def model_slug(ref):
     return slug
 
 
-def budget_tag(reduction):
-    """0.3 -> "0.3", 0.125 -> "0.125": the budget as file and study names carry it (as search.study does)."""
-    return f"{round(reduction, 6):g}"
-
-
 def _models(cfg):
     out = {}
     for i, entry in enumerate(cfg["models"]):
@@ -118,27 +118,48 @@ def _models(cfg):
 MODELS = _models(config)
 R = config["results_dir"].rstrip("/")
 REPORTS = config["report_dir"].rstrip("/")
-DEVICE = config["device"]
-GPU = 1 if DEVICE.startswith("cuda") else 0  # the `gpu` resource of model-running jobs (SLURM: --gpus)
+GPU = 1 if config["device"].startswith("cuda") else 0  # the `gpu` resource of model-running jobs (SLURM: --gpus)
 THREADS = config["threads"]
 WORKERS = config["search"]["workers"]
-EVAL_METHODS = config["evaluation"]["methods"]
-POLICY_METHODS = ("utrc-searched", "utrc-paper", "evit", "tome")  # the deployable files of each budget
-EXPORT_NAMES = {"utrc-searched": "searched", "utrc-paper": "paper", "evit": "evit", "tome": "tome"}  # search.export's
+SEEDS = range(config["search"]["seeds"])
+EVAL_RUNS = config["evaluation"]["methods"]
+COMPARED = [r for r in EVAL_RUNS if r != "utrc-searched"] if "utrc-searched" in EVAL_RUNS else []
 PROFILE = config["profile"]
-
-
-def job_settings(section, *keys):
-    """The keys of a config section that a job's command uses. Only these are the job's params, so
-    changing anything else (e.g. adding an evaluation method) does not rerun the existing jobs."""
-    return {k: config[section][k] for k in keys}
+PYTHON = sys.executable  # the jobs run the packages with Snakemake's own interpreter
+# Jobs import the repository's packages (search, reports, demo) from any working directory.
+shell.prefix("set -euo pipefail; export PYTHONPATH=" + shlex.quote(workflow.basedir)
+             + "${{PYTHONPATH:+:$PYTHONPATH}} TOKENIZERS_PARALLELISM=false; ")
 
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     budget="[0-9]*\\.?[0-9]+",
-    method="tome|evit|utrc-paper|utrc-searched",
+    run="|".join(POLICY_RUNS),
+    seed="[0-9]+",
     worker="[0-9]+",
+
+
+# --- job arguments ---------------------------------------------------------------------------------
+
+
+def flags(section, *keys):
+    """`--key value` for the keys of a config section a command uses, shell-quoted (underscores become
+    dashes; None is left out, a list is joined with commas). Only these keys are in a job's params, so
+    changing another one (e.g. adding an evaluation method) does not rerun the job."""
+    out = []
+    for key in keys:
+        value = config[section][key]
+        if value is not None:
+            value = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            out += ["--" + key.replace("_", "-"), value]
+    return shlex.join(out)
+
+
+MODEL_ARGS = shlex.join(["--device", config["device"]] + (["--dtype", config["dtype"]] if config["dtype"] else []))
+
+
+def model_ref(wc):
+    return MODELS[wc.model]["ref"]
 
 
 def budget_of(wc):
@@ -148,16 +169,11 @@ def budget_of(wc):
         raise WorkflowError(f"no configured model {wc.model!r} with budget {wc.budget}") from None
 
 
-def study_name(wc):
-    return f"{wc.model}-flops{wc.budget}"
-
-
-def study_storage(wc):
-    url = config["search"]["storage"]
-    return url if url else f"{R}/{wc.model}/search/flops{wc.budget}/study.journal"
-
-
 # --- paths -----------------------------------------------------------------------------------------
+
+
+def log_file(model, name):
+    return f"{R}/{model}/logs/{name}.log"
 
 
 def calibration_summary(model):
@@ -168,42 +184,71 @@ def calibration_table(model):
     return f"{R}/{model}/calibration/table.parquet"
 
 
-def policy_file(model, method, tag):
-    """The deployable policy file of (model, method, budget), e.g. demo-mamba2_utrc-searched_flops0.3.json."""
-    return f"{R}/{model}/policies/{model}_{method}_flops{tag}.json"
+def seed_folder(model, tag, seed):
+    """A search seed's study, markers and trial tables: results/MODEL/search/flopsB/seedS."""
+    return f"{R}/{model}/{seed_dir(tag, seed)}"
 
 
-def worker_markers(model, tag):
-    return [f"{R}/{model}/search/flops{tag}/worker{w}.json" for w in range(WORKERS)]
+def study_name(model, tag, seed):
+    return f"{model}-flops{tag}-seed{seed}"
 
 
-def eval_file(model, method, tag=None):
-    return f"{R}/{model}/eval/dense.json" if method == "dense" else f"{R}/{model}/eval/{method}_flops{tag}.json"
+def study_storage(model, tag, seed):
+    url = config["search"]["storage"]
+    return url if url else f"{seed_folder(model, tag, seed)}/study.journal"
+
+
+def worker_markers(model, tag, seed):
+    return [f"{seed_folder(model, tag, seed)}/worker{w}.done" for w in range(WORKERS)]
+
+
+def search_tables(model, tag, seed):
+    return {name: f"{seed_folder(model, tag, seed)}/{name}.csv" for name in ("trials", "pareto")}
+
+
+def policy_file(model, run, tag):
+    """The deployable policy file of (model, run, budget), e.g. demo-mamba2_utrc-searched_flops0.3.json."""
+    return f"{R}/{model}/{policy_path(model, run, tag)}"
+
+
+def seed_policy_file(model, tag, seed):
+    return f"{R}/{model}/{seed_policy_path(model, tag, seed)}"
+
+
+def eval_file(model, run, tag=None, seed=None):
+    if run == "dense":
+        return f"{R}/{model}/eval/dense.json"
+    return f"{R}/{model}/eval/{run}_flops{tag}" + ("" if seed is None else f"_seed{seed}") + ".json"
+
+
+def searched_evals(model, tag):
+    """The evaluations the comparison averages over: one per search seed."""
+    if len(SEEDS) == 1:
+        return [eval_file(model, "utrc-searched", tag)]
+    return [eval_file(model, "utrc-searched", tag, seed) for seed in SEEDS]
+
+
+def compare_file(model, tag):
+    return f"{R}/{model}/compare/flops{tag}.json"
 
 
 def profile_file(model, tag):
     return f"{R}/{model}/profile/flops{tag}.json"
 
 
-def search_tables(model, tag):
-    return {"trials": f"{R}/{model}/search/flops{tag}/trials.csv", "pareto": f"{R}/{model}/search/flops{tag}/pareto.csv"}
-
-
 def model_outputs(model):
     """Every file the report of `model` reads, by kind (the report rule's input and its manifest)."""
     tags = list(MODELS[model]["budgets"])
-    files = {
+    return {
         "calibration": {"summary": calibration_summary(model), "table": calibration_table(model)},
-        "policies": {m: {t: policy_file(model, m, t) for t in tags} for m in POLICY_METHODS},
-        "search": {t: search_tables(model, t) for t in tags},
-        "evaluations": {},
+        "policies": {r: {t: policy_file(model, r, t) for t in tags} for r in POLICY_RUNS},
+        "search": {t: search_tables(model, t, 0) for t in tags},  # the first seed's trials
+        "evaluations": {
+            r: eval_file(model, "dense") if r == "dense" else {t: eval_file(model, r, t) for t in tags} for r in EVAL_RUNS
+        },
+        "compare": {t: compare_file(model, t) for t in tags} if COMPARED else {},
         "profiles": {t: profile_file(model, t) for t in tags} if PROFILE["enabled"] else {},
     }
-    for method in EVAL_METHODS:
-        files["evaluations"][method] = (
-            eval_file(model, "dense") if method == "dense" else {t: eval_file(model, method, t) for t in tags}
-        )
-    return files
 
 
 def flat_files(tree):

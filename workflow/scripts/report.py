@@ -1,23 +1,24 @@
-"""Rule `report`: write the page's manifest (the files to read, the run's settings), then
-python -m reports.render page (see workflow/rules/report.smk and reports/render.py)."""
+"""Rule `report`: write the page's manifest (the files to read, each budget's Optuna study, the run's
+settings), then render the page from it (reports.render, see workflow/rules/report.smk)."""
 
-import json
 import platform
-from pathlib import Path
 
 import snakemake as snakemake_package
-from wfutil import module_command, run
+
+from reports.render import render_page
+from utrc.io import atomic_write_json
 
 sm = snakemake  # noqa: F821 (given by Snakemake's `script:` directive)
 model = sm.params.model
 manifest = {
     "format": "utrc-report-manifest/1",
     "model": {"ref": model["ref"], "name": model["slug"]},
-    "budgets": {tag: reduction for tag, reduction in model["budgets"].items()},
+    "budgets": model["budgets"],
     "files": sm.params.files,
+    "studies": sm.params.studies,
     "settings": sm.params.config,
     "workflow": {"snakemake": snakemake_package.__version__, "python": platform.python_version()},
 }
-Path(sm.output.manifest).write_text(json.dumps(manifest, indent=1) + "\n")
-command = module_command("reports.render", "page", "--manifest", sm.output.manifest, "--out", sm.output.page)
-run(command, sm.log[0], f"report {model['slug']}")
+atomic_write_json(sm.output.manifest, manifest)
+with open(sm.log[0], "w") as log:
+    log.write(f"wrote {sm.output.manifest}, {render_page(sm.output.manifest, sm.output.page)}\n")
