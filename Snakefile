@@ -7,7 +7,7 @@
 #
 # docs/workflow.md describes the rules, the outputs and every configuration key.
 
-import json
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -45,35 +45,36 @@ rule all:
 
 
 onstart:
-    if DEVICE == "cpu":  # each job's log keeps the note; the terminal gets it once, here (workflow/scripts/wfutil.py)
+    if config["device"] == "cpu":  # jobs' logs have it too (utrc.loading.CPU_KERNEL_NOTE); the terminal gets it once
         print("utrc note: jobs run on the CPU, where transformers runs its PyTorch implementation of the Mamba scan "
               "and convolution (the fused kernels need a CUDA GPU): same results, slower.")
 
 
 def run_summary():
-    """What to open and what to deploy, for the end of a successful run: the report pages and, per model
-    and budget, the searched policy file (docs/workflow.md, "Outputs"). Only files that exist are named."""
-    lines = []
+    """What to open and what to deploy, at the end of a successful run: the report, and per model and budget
+    the policy file its "Recommended" box names (reports.page.recommendations, the rule stated on the page).
+    Reads the manifests the report rule wrote; a model without one (a partial run) is left out."""
+    if str(workflow.basedir) not in sys.path:  # the repository's `reports` package, as the jobs import it
+        sys.path.insert(0, str(workflow.basedir))
+    from reports.data import load_run, read_manifest
+    from reports.page import index_entry
+
     index = Path(REPORTS) / "index.html"
-    if index.is_file():
-        lines.append(f"Open the report: {index} (one page per model: " + ", ".join(report_page(m) for m in MODELS) + ")")
-    deploy = []
-    for model, entry in MODELS.items():
-        for tag in entry["budgets"]:
-            path = Path(policy_file(model, "utrc-searched", tag))
-            if path.is_file():
-                est = json.loads(path.read_text()).get("estimates") or {}
-                note = f"  ({est['reduction']:.1%} fewer prefill FLOPs at {est['seq_len']} tokens)" if est else ""
-                deploy.append(f"  {model}  budget {tag}:  {path}{note}")
-    if deploy:
-        lines += ["Policy files to deploy (the searched policy of each budget; the report compares it with the "
-                  "baselines and recommends one):", *deploy]
-        lines.append("Check one with `utrc inspect FILE --model REF`; apply it with "
-                     "`utrc.apply(model, utrc.Policy.load(FILE))` (README.md, \"Apply a policy\")")
+    lines = [f"Open the report: {index} (one page per model: {', '.join(report_page(m) for m in MODELS)})"]
+    lines.append("Policy files to deploy, the report's recommendation per budget (its rule is stated on the page):")
+    for model in MODELS:
+        manifest = Path(R) / model / "report-manifest.json"
+        if not manifest.is_file():
+            continue
+        for budget in index_entry(load_run(read_manifest(manifest), Path.cwd()), "")["budgets"]:
+            row = budget["recommended"]
+            choice = f"{row['policy_path']}  ({row['label']})" if row else "nothing evaluated yet"
+            lines.append(f"  {model}  budget {budget['tag']}:  {choice}")
+    lines.append("Check one with `utrc inspect FILE --model REF`; apply it with "
+                 "`utrc.apply(model, utrc.Policy.load(FILE))` (README.md, \"Apply a policy\").")
     return "\n".join(lines)
 
 
 onsuccess:
-    summary = run_summary()
-    if summary:
-        print(summary)
+    if (Path(REPORTS) / "index.html").is_file():
+        print(run_summary())

@@ -28,7 +28,17 @@ from .calibrate import CalibrationError, load_summary, sources_of
 from .data import DataError, document_rows, load_documents, token_stream, windows
 from .objective import DenseReference
 from .space import Budget, SearchSpace, SpaceError, check_reachable, default_layers, fit_to_budget, parse_layers
-from .study import Objective, StudyConfig, StudyError, best_so_far, create_or_resume, default_study_name, run, space_from_calibration, validate
+from .study import (
+    Objective,
+    StudyConfig,
+    StudyError,
+    best_so_far,
+    create_or_resume,
+    default_study_name,
+    run,
+    space_from_calibration,
+    validate,
+)
 
 
 def parse_budget(text: str) -> float:

@@ -412,7 +412,7 @@ def describe_values(names: list[str], values: list[float] | None) -> str:
     """"dev KL 0.4123" (and ", nominal FLOPs reduction 0.3012" for two objectives); "no value" for a failed trial."""
     if values is None:
         return "no value"
-    return ", ".join(f"{name} {value:.4f}" for name, value in zip(names, values))
+    return ", ".join(f"{name} {value:.4f}" for name, value in zip(names, values, strict=True))
 
 
 def best_so_far(study: optuna.Study, names: list[str]) -> str:

@@ -144,13 +144,3 @@ for ref in ("demo:mamba2", "demo:mamba"):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count(CPU_KERNEL_NOTE) == 1
     assert "falling back to its reference PyTorch implementation" not in proc.stderr
-
-
-def test_the_workflow_shows_the_note_once_not_per_job():
-    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-    try:
-        from wfutil import LOG_ONLY_PREFIXES
-    finally:
-        sys.path.pop(0)
-    assert CPU_KERNEL_NOTE.startswith(LOG_ONLY_PREFIXES)  # jobs' notes go to their logs only
-    assert "utrc note: jobs run on the CPU" in (ROOT / "Snakefile").read_text()  # said once, at the start

@@ -108,7 +108,7 @@ def test_parallel_workers_share_one_study_on_postgres(postgres_url, tiny_model, 
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for w in range(1, WORKERS + 1)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
-    for worker, output in zip(workers, outputs):
+    for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
 
     study = optuna.load_study(study_name="tiny-flops0.2", storage=postgres_url)
@@ -130,8 +130,8 @@ def test_parallel_workers_share_one_study_on_postgres(postgres_url, tiny_model, 
 
     # the study exports from the server like from a journal file
     out = tmp_path / "export"
-    export = subprocess.run([sys.executable, "-m", "search.export", "--storage", postgres_url, "--study-name",
-                             "tiny-flops0.2", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+    export = subprocess.run([sys.executable, "-m", "search.export", "--study", postgres_url, "tiny-flops0.2",
+                             "--name", "tiny", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300, check=False)
     assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
-    assert (out / "policies" / "searched-0.2.json").is_file()
+    assert (out / "policies" / "tiny_utrc-searched_flops0.2.json").is_file()

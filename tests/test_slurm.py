@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 from test_workflow import ROOT, SNAKEMAKE, TINY, snakemake, tiny_model  # noqa: F401 (tiny_model is a fixture)
 
+from utrc.loading import CPU_KERNEL_NOTE
+
 SETUP = ROOT / ".ci" / "slurm-single-node.sh"
 REQUIRED = os.environ.get("UTRC_REQUIRE_SLURM") == "1"
 SUBMITTED_RULES = {"calibrate", "search_worker", "evaluate_dense", "evaluate", "profile"}  # the rest are local rules
@@ -47,7 +49,8 @@ def slurm_cluster():
         unavailable("no SLURM controller answers and starting one needs root (.ci/slurm-single-node.sh start)")
     state = tempfile.mkdtemp(prefix="utrc-slurm-")  # under /tmp: the daemons' users must reach it
     os.chmod(state, 0o755)
-    start = subprocess.run(["bash", str(SETUP), "start", state], check=False, capture_output=True, text=True, timeout=300)
+    start = subprocess.run(["bash", str(SETUP), "start", state], check=False, capture_output=True, text=True,
+                           timeout=300)
     if start.returncode != 0:
         subprocess.run(["bash", str(SETUP), "stop", state], check=False, capture_output=True)
         pytest.fail(f"the single-node SLURM cluster did not start:\n{start.stdout[-2000:]}{start.stderr[-2000:]}")
@@ -63,7 +66,7 @@ def sacct_jobs(workdir: Path, since: str) -> list[dict]:
     fields = ["JobID", "State", "Comment", "WorkDir", "Partition"]
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", since, "-o", ",".join(fields)], capture_output=True,
                          text=True, check=True).stdout
-    jobs = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+    jobs = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line]
     return [j for j in jobs if Path(j["WorkDir"]) == workdir]
 
 
@@ -75,7 +78,7 @@ def results_of(workdir: Path) -> dict:
         policy = json.loads(path.read_text())
         provenance = policy.pop("provenance")
         out[path.name] = {**policy, "trial": provenance.get("trial"), "objective": provenance.get("objective")}
-    trials = pd.read_csv(results / "search" / "flops0.15" / "trials.csv")
+    trials = pd.read_csv(results / "search" / "flops0.15" / "seed0" / "trials.csv")
     timing = [c for c in trials.columns if c in ("seconds", "datetime_start", "datetime_complete", "duration")]
     trials = trials.drop(columns=timing)
     out["trials.csv"] = trials.astype(object).where(trials.notna(), None).to_dict("list")  # NaN != NaN
@@ -115,7 +118,12 @@ def test_the_workflow_runs_through_slurm_as_it_runs_locally(slurm_cluster, tiny_
     assert {j["Partition"] for j in jobs} == {"gpu"}  # the profile's default-resources reached every job
     # the Snakefile's onsuccess: the report to open, the policy file to deploy per model and budget
     assert "Open the report: reports-out/index.html" in proc.stdout + proc.stderr
-    assert "tiny  budget 0.15:  results/tiny/policies/tiny_utrc-searched_flops0.15.json" in proc.stdout + proc.stderr
+    assert "tiny  budget 0.15:  results/tiny/policies/tiny_utrc-searched_flops0.15.json  (" in proc.stdout + proc.stderr
+    # on the CPU: the note once in the terminal, each job's log has it instead of transformers' warnings
+    assert (proc.stdout + proc.stderr).count("utrc note: jobs run on the CPU") == 1
+    logs = [log.read_text() for log in (cluster / "results" / "tiny" / "logs").glob("*.log")]
+    assert any(CPU_KERNEL_NOTE in log for log in logs)
+    assert not any("falling back to its reference PyTorch implementation" in log for log in logs)
 
     assert results_of(cluster) == results_of(local)
     for run in (cluster, local):

@@ -92,7 +92,8 @@ def _show(path: str, policy: Policy) -> None:
         print(f"  after block {block:3d}: keep {keep:g}, prune share {share:g}")
     stored = policy.estimates or {}
     if "reduction" in stored:
-        print(f"the file's own estimate: {stored['reduction']:.1%} FLOPs reduction at {stored.get('seq_len', '?')} tokens")
+        print(f"the file's own estimate: {stored['reduction']:.1%} FLOPs reduction at "
+              f"{stored.get('seq_len', '?')} tokens")
     prov = policy.provenance or {}
     if prov.get("study"):
         print(f"from study {prov['study']} (budget {prov.get('budget')}, trial {prov.get('trial', '?')})")

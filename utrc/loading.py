@@ -105,7 +105,9 @@ def check_device(device) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"device {str(device)!r} asked for, but CUDA is not available here ({why}); use --device cpu")
+            raise DeviceError(
+                f"device {str(device)!r} asked for, but CUDA is not available here ({why}); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(
                 f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
