@@ -17,7 +17,7 @@ from utrc.loading import CPU_KERNEL_NOTE
 from utrc.shapes import PAPER_SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICY = ROOT / "docs" / "results" / "search-demo-mamba2" / "policies" / "searched-0.3.json"  # made for demo:mamba2
+POLICY = ROOT / "docs/results/search-demo-mamba2/policies/demo-mamba2_utrc-searched_flops0.3.json"  # for demo:mamba2
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 
 

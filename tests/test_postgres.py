@@ -83,8 +83,8 @@ def postgres_url():
 
 
 def search_command(model: Path, storage: str, n_trials: int, seed: int) -> list[str]:
-    return [sys.executable, "-m", "search.run", "--model", str(model), "--budget", "0.2", "--storage", storage,
-            "--study-name", "tiny-flops0.2", "--n-trials", str(n_trials), "--seed", str(seed), "--text", "demo:24",
+    return [sys.executable, "-m", "search.run", "--model", str(model), "--budget", "0.15", "--storage", storage,
+            "--study-name", "tiny-flops0.15", "--n-trials", str(n_trials), "--seed", str(seed), "--text", "demo:24",
             "--dev-sequences", "4", "--dev-length", "64", "--score-last", "4", "--batch-size", "4",
             "--seq-len", "512", "--threads", "1"]
 
@@ -96,7 +96,7 @@ def test_parallel_workers_share_one_study_on_postgres(postgres_url, tiny_model, 
                           text=True, timeout=300, check=False)
     assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
     # queued trials (as the study's own first trials are queued) that the workers must split between them
-    study = optuna.load_study(study_name="tiny-flops0.2", storage=postgres_url)
+    study = optuna.load_study(study_name="tiny-flops0.15", storage=postgres_url)
     first = study.trials[0].params
     weights = sorted(name for name in first if name.startswith("w_"))
     queued = {f"queued-{k}": {**first, **{w: round(0.1 + 0.13 * k + 0.02 * i, 4) for i, w in enumerate(weights)}}
@@ -111,7 +111,7 @@ def test_parallel_workers_share_one_study_on_postgres(postgres_url, tiny_model, 
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
 
-    study = optuna.load_study(study_name="tiny-flops0.2", storage=postgres_url)
+    study = optuna.load_study(study_name="tiny-flops0.15", storage=postgres_url)
     trials = study.get_trials(deepcopy=False)
     assert [t.number for t in trials] == list(range(len(trials)))  # no duplicate, no missing number
     assert {t.state for t in trials} == {TrialState.COMPLETE}  # nothing failed, left running or left waiting
@@ -130,8 +130,8 @@ def test_parallel_workers_share_one_study_on_postgres(postgres_url, tiny_model, 
 
     # the study exports from the server like from a journal file
     out = tmp_path / "export"
-    export = subprocess.run([sys.executable, "-m", "search.export", "--study", postgres_url, "tiny-flops0.2",
+    export = subprocess.run([sys.executable, "-m", "search.export", "--study", postgres_url, "tiny-flops0.15",
                              "--name", "tiny", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300, check=False)
     assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
-    assert (out / "policies" / "tiny_utrc-searched_flops0.2.json").is_file()
+    assert (out / "policies" / "tiny_utrc-searched_flops0.15.json").is_file()
