@@ -40,6 +40,7 @@ from .study import (
     Objective,
     StudyConfig,
     StudyError,
+    best_so_far,
     create_or_resume,
     default_study_name,
     run,
@@ -162,8 +163,7 @@ def _main(args) -> None:
     say(f"study {prep.name} ({args.storage}): {len(prep.study.trials)} trials so far; searching {len(prep.layers)} "
         f"blocks {prep.layers[0]}..{prep.layers[-1]}, budget {args.budget:.3f}; setup {prep.setup_seconds:.1f} s")
     done = run(prep.study, prep.objective, args.n_trials, progress=say)
-    best = min(prep.study.best_trials, key=lambda t: t.values[0])
-    say(f"study {prep.name}: {done} complete trials; best trial {best.number} values={best.values}")
+    say(f"study {prep.name}: {done} complete trials; {best_so_far(prep.study, prep.objective.config.metric_names())}")
     if args.done:
         atomic_write_text(args.done, f"{prep.name}: {done} complete trials\n")
 

@@ -29,8 +29,10 @@ conversion), which is how the tests exercise the reader without hub access.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -40,8 +42,11 @@ from .kernels import is_mamba_ssm_available
 from .mamba_ssm_format import mamba_ssm_to_transformers, save_mamba_ssm_checkpoint, weights_mismatch
 
 __all__ = [
+    "CPU_KERNEL_NOTE",
     "DEMO_MODELS",
     "GPT_NEOX_TOKENIZER",
+    "DeviceError",
+    "check_device",
     "is_mamba_ssm_available",
     "load_model",
     "save_mamba_ssm_checkpoint",
@@ -75,9 +80,67 @@ _DTYPES = {
 }
 
 
+CPU_KERNEL_NOTE = (
+    "utrc note: on the CPU, transformers runs its PyTorch implementation of the Mamba scan and "
+    "convolution (the fused mamba_ssm / causal-conv1d kernels need a CUDA GPU): same results, slower."
+)
+"""Said once per process, instead of transformers' kernel-fallback warning for every missing kernel."""
+
+
+class DeviceError(ValueError):
+    """A device this machine does not have (a CUDA device without CUDA, a GPU index past the last)."""
+
+
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
+
+
+def check_device(device) -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:1", a torch.device) as a torch.device; `DeviceError` with a
+    one-line reason and the fix when this machine cannot run it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(
+                f"device {str(device)!r} asked for, but CUDA is not available here ({why}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    return dev
+
+
+class _KernelFallbackNote(logging.Filter):
+    """Drops transformers' "`X` is falling back to its reference PyTorch implementation" warnings
+    (one per missing kernel and process: causal_conv1d_fn, mamba_chunk_scan_combined, ...) and says
+    `CPU_KERNEL_NOTE` once instead. Installed only for models loaded on the CPU, where those kernels
+    cannot run at all and the warning's advice (install them) does not apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "falling back to its reference PyTorch implementation" not in str(record.msg):
+            return True
+        if not self.said:
+            self.said = True
+            print(CPU_KERNEL_NOTE, file=sys.stderr, flush=True)
+        return False
+
+
+def _note_cpu_kernel_fallback() -> None:
+    """Install `_KernelFallbackNote` on transformers' hub-kernel logger (once per process)."""
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(isinstance(f, _KernelFallbackNote) for f in logger.filters):
+        logger.addFilter(_KernelFallbackNote())
 
 
 def _resolve_dtype(dtype, device: torch.device):
@@ -467,7 +530,8 @@ def load_model(ref: str, device="cpu", dtype=None, tokenizer=None, path: str = "
         ref: ``"demo:mamba2"`` / ``"demo:mamba"``, a local directory (Hugging Face or mamba_ssm
             format) or a Hugging Face hub id such as ``"state-spaces/mamba2-2.7b"``. A local
             directory of that name wins over the hub.
-        device: where to put the model (``"cpu"``, ``"cuda"``, ``torch.device``).
+        device: where to put the model (``"cpu"``, ``"cuda"``, ``torch.device``); a device this
+            machine does not have raises `DeviceError` before anything is read.
         dtype: ``None`` (float32 on CPU, bfloat16 on CUDA), a ``torch.dtype``, one of
             ``"float32"`` / ``"bfloat16"`` / ``"float16"``, or ``"auto"`` (the checkpoint's dtype).
         tokenizer: a tokenizer object, or a local directory / hub id to load one from. Default:
@@ -484,6 +548,7 @@ def load_model(ref: str, device="cpu", dtype=None, tokenizer=None, path: str = "
         transformers tokenizer. `utrc.apply` takes either.
 
     Raises:
+        DeviceError: a CUDA device on a machine without one (see `check_device`).
         ValueError: unknown ``demo:`` name, not a Mamba checkpoint, settings transformers cannot
             represent, weights that do not match the config (the offending keys are named),
             pickled non-tensor objects in ``pytorch_model.bin``.
@@ -491,9 +556,9 @@ def load_model(ref: str, device="cpu", dtype=None, tokenizer=None, path: str = "
         OSError: a hub id that cannot be downloaded (offline) and is not cached; a tokenizer
             that cannot be found.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r}: this machine has no CUDA GPU; use device='cpu'")
+    device = check_device(device)
+    if device.type == "cpu":
+        _note_cpu_kernel_fallback()
     native = _native_path(path, device)
     dtype = _resolve_dtype(dtype, device)
     directory = _resolve_ref(ref)
