@@ -69,7 +69,7 @@ def test_bad_input_is_one_line_naming_it(case, tmp_path):
     doc = json.loads(POLICY.read_text())
     if case == "not json":
         path.write_text("{")
-        args, expected = [str(path)], "is not valid JSON"
+        args, expected = [str(path)], "not valid JSON"
     elif case == "bad keep":
         doc["layers"]["2"]["keep"] = 1.5
         path.write_text(json.dumps(doc))
