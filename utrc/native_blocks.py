@@ -16,10 +16,17 @@ possible:
 * Mamba-2, `scan_output` (the first input of the gated norm), or any block that fills a decoding
   cache: the mixer's own unfused path (the one `generate` uses for its prefill), whose `norm` and
   `out_proj` calls a forward pre-hook reads for that one call.
-* Mamba-1: `mamba1_prefill` below, mamba_ssm's unfused Mamba-1 path with its selective scan run
-  where the scan kernel's fast path takes it, which returns the SSM output. Every Mamba-1 block
-  whose length is not such a length runs it too: mamba_ssm's scan leaves its vectorised path at
-  any other length and makes a shortened sequence slower than a full one.
+* Mamba-1: the unfused steps of mamba_ssm's `mamba_inner_fn` (`mamba1_packed`, `mamba1_prefill`),
+  which return the SSM output.
+
+mamba_ssm's Mamba-1 selective scan walks each row in chunks of 2048 steps and is fast only when a
+row fills whole chunks, so a shortened row (2048 -> 1856 -> ...) costs what a full one costs. After a
+reduction, therefore, a Mamba-1 stream without a cache is kept *packed* between blocks
+(`PackedRows`): the batch rows laid end to end in one sequence, each after a few zero rows. Every
+block then runs mamba_ssm's operations on the packed sequence -- in_proj, causal conv, x_proj,
+dt_proj, the scan, out_proj -- and pays for the real tokens plus at most one chunk of padding,
+with no copy between blocks; only a reduction layer unpacks its two branches, and packs the
+reduced ones again.
 
 mamba_ssm imports its CUDA extensions at import time; this module imports it only when a
 `NativeBlocks` is built, so it can be imported (not used) on a CPU.
@@ -28,6 +35,7 @@ mamba_ssm imports its CUDA extensions at import time; this module imports it onl
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,30 +72,69 @@ class NativeBlocks:
                     "utrc reduces models whose every block is a Mamba or Mamba2 mixer"
                 )
         self._Mamba2 = Mamba2
+        mixers = [layer.mixer for layer in self.layers]
+        # Packing needs zero rows to stay zero through a block: no bias in in_proj or out_proj.
+        self._packable = all(
+            isinstance(m, Mamba) and m.in_proj.bias is None and m.out_proj.bias is None for m in mixers
+        )
+        self._gap = max(m.d_conv - 1 for m in mixers) if self._packable else 0
+        self._d_state = max(m.d_state for m in mixers) if self._packable else 0
         self._RMSNorm = RMSNorm
         self._layer_norm_fn = layer_norm_fn
 
     def embed(self, input_ids: torch.Tensor):
         return self.model.backbone.embedding(input_ids), None  # [B, N, D], no residual yet
 
-    def block(self, i: int, hidden: torch.Tensor, residual: torch.Tensor | None, cache=None):
-        """Block i -> (mixer output [B, N, D], stream before its add [B, N, D])."""
+    def stream(self, hidden, residual, cache=None):
+        """The layout the stream keeps up to the next reduction: Mamba-1 rows at a length the scan
+        runs slowly are packed (`PackedRows`); anything else is left as it is. With a cache, each
+        row is followed by d_state read-out steps (`mamba1_packed`)."""
+        if isinstance(hidden, Packed) or not self._packable:
+            return hidden, residual
+        batch, L, _ = hidden.shape
+        if _scan_friendly(L):
+            return hidden, residual
+        read_out = 0 if cache is None else self._d_state
+        layout = PackedRows(batch, L, max(self._gap, read_out + 1), hidden.device, tail=read_out)
+        packed_residual = None if residual is None else Packed(layout.pack(residual), layout)
+        return Packed(layout.pack(hidden), layout), packed_residual
+
+    def rows(self, hidden, residual):
+        """The stream as [B, N, D] tensors (views into a packed stream)."""
+        if not isinstance(hidden, Packed):
+            return hidden, residual
+        layout = hidden.layout
+        return layout.rows(hidden.data), None if residual is None else layout.rows(residual.data)
+
+    def block(self, i: int, hidden, residual, cache=None):
+        """Block i -> (mixer output [B, N, D], stream before its add [B, N, D]), or both packed."""
         layer = self.layers[i]
+        if isinstance(hidden, Packed):
+            normed, before = self._add_norm(layer.norm, layer, hidden.data, _data(residual))
+            out, _ = mamba1_packed(layer.mixer, normed, hidden.layout, cache)
+            return Packed(out, hidden.layout), Packed(before, hidden.layout)
         if isinstance(layer.mixer, self._Mamba2) or _scan_friendly(hidden.shape[1]):
             return layer(hidden, residual, inference_params=cache)
         normed, residual = self._add_norm(layer.norm, layer, hidden, residual)
         return mamba1_prefill(layer.mixer, normed, cache)[0], residual
 
-    def split_block(self, i: int, hidden: torch.Tensor, residual: torch.Tensor | None, sources, cache=None):
-        """Block i, also returning {source: tensor} for each name in `sources`."""
+    def split_block(self, i: int, hidden, residual, sources, cache=None):
+        """Block i, also returning {source: tensor} for each name in `sources`; always [B, N, *]."""
         layer = self.layers[i]
-        normed, residual = self._add_norm(layer.norm, layer, hidden, residual)
-        if isinstance(layer.mixer, self._Mamba2):
-            mix, found = _mamba2_with_sources(layer.mixer, normed, set(sources), cache)
+        if isinstance(hidden, Packed):
+            packed = hidden.layout
+            normed, before = self._add_norm(layer.norm, layer, hidden.data, _data(residual))
+            out, y = mamba1_packed(layer.mixer, normed, packed, cache)
+            mix, residual = packed.rows(out), packed.rows(before)
+            # row-major for the reduction step, which reads it token by token
+            found = {"ssm_output": packed.rows_channels_first(y).contiguous(), "mixer_output": mix}
         else:
-            mix, ssm_output = mamba1_prefill(layer.mixer, normed, cache)
-            # row-major for the reduction step, which reads it token by token (a strided view otherwise)
-            found = {"ssm_output": ssm_output.contiguous(), "mixer_output": mix}
+            normed, residual = self._add_norm(layer.norm, layer, hidden, residual)
+            if isinstance(layer.mixer, self._Mamba2):
+                mix, found = _mamba2_with_sources(layer.mixer, normed, set(sources), cache)
+            else:
+                mix, ssm_output = mamba1_prefill(layer.mixer, normed, cache)
+                found = {"ssm_output": ssm_output.contiguous(), "mixer_output": mix}
         missing = [s for s in sources if s not in found]
         if missing:
             raise RuntimeError(f"{type(layer.mixer).__name__} has no importance source {missing[0]!r}")
@@ -188,17 +235,9 @@ def _read_inputs(mixer, sources):
 
 
 def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
-    """mamba_ssm's `Mamba.forward` (its unfused branch, in its own channels-first layout) with the
-    selective scan run where the scan kernel's fast path takes it: exact at every real position.
-
-    mamba_ssm's scan walks each row in chunks of 2048 steps (fewer for rows of at most 1024) and
-    is fast only when the row fills whole chunks. A shortened row (2048 -> 1856 -> ...) does not:
-    * without a cache, the rows are laid end to end in one sequence (`_Packed`), each followed by
-      reset steps (input 0 and a huge step size: the state is multiplied by exp(-huge) = 0 and
-      nothing is added), and the whole is padded to a multiple of the chunk. The scan then costs
-      what the batch's real tokens cost, as every other part of the block does.
-    * with a cache (a prefill before decoding), each row is padded to the chunk with zero-size
-      steps (`utrc.mamba1_scan`), which leave the state unchanged, so the final state is exact.
+    """mamba_ssm's `Mamba.forward` (its unfused branch, in its own channels-first layout) with each
+    row padded to the scan's chunk with zero-size steps (`utrc.mamba1_scan`), which leave the state
+    unchanged: exact at every real position, and the final state a cache keeps is exact.
 
     mixer: a mamba_ssm `Mamba`; u [B, L, D] the block's normed input; cache: InferenceParams or None
     -> (output [B, L, D], SSM output [B, L, E]: the input of out_proj, a strided view)."""
@@ -221,21 +260,13 @@ def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     dt = rearrange(mixer.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=L)  # [B, E, L]; bias goes to the scan
     B = rearrange(B, "(b l) n -> b n l", l=L)  # [B, N, L]
     C = rearrange(C, "(b l) n -> b n l", l=L)
-    scan = dict(delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True)
-    A, D = -torch.exp(mixer.A_log.float()), mixer.D.float()
-    if cache is None and not _scan_friendly(L):
-        packed = _Packed(batch, L)
-        y = selective_scan_fn(packed.pack(x, 0.0), packed.pack(dt, RESET_DT), A, packed.pack(B, 0.0),
-                              packed.pack(C, 0.0), D, z=packed.pack(z, 0.0), **scan)[0]  # [E, Lp]
-        # out_proj on the packed rows read column-major: one GEMM, no transposing copy
-        out = F.linear(y.t(), mixer.out_proj.weight, mixer.out_proj.bias)  # [Lp, D]
-        return packed.rows(out.t()).contiguous(), packed.rows(y)  # [B, L, D], [B, L, E]
     pad = -L % scan_chunk(L)
     if pad:  # padded steps have step size 0: they leave the state as it is and add nothing
         x, z, B, C = (F.pad(t, (0, pad)) for t in (x, z, B, C))
         dt = F.pad(dt, (0, pad), value=PAD_DT)
-    y = selective_scan_fn(x, dt, A, B.contiguous(), C.contiguous(), D, z=z, return_last_state=ssm_state is not None,
-                          **scan)  # [B, E, L + pad]
+    y = selective_scan_fn(x, dt, -torch.exp(mixer.A_log.float()), B.contiguous(), C.contiguous(), mixer.D.float(),
+                          z=z, delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True,
+                          return_last_state=ssm_state is not None)  # [B, E, L + pad]
     if ssm_state is not None:
         y, last_state = y
         ssm_state.copy_(last_state)
@@ -243,34 +274,102 @@ def mamba1_prefill(mixer, u: torch.Tensor, cache=None):
     return mixer.out_proj(y), y
 
 
+def mamba1_packed(mixer, u: torch.Tensor, packed: "PackedRows", cache=None):
+    """`mamba_inner_fn`'s steps on a packed stream, with one change: at each row's last zero row the
+    scan restarts (input 0, step size RESET_DT), so no state crosses from one row into the next.
+
+    Why the rows stay exact: a zero row of the stream has normed input 0, so in_proj (no bias) gives
+    x = 0 and z = 0 there. The causal conv of a row's first tokens therefore sees zeros before them,
+    as at the start of a sequence (the gap is at least d_conv - 1 rows); the state is 0 after the
+    restart; and every zero row's output is gated by silu(0) = 0, so out_proj returns 0 there and
+    the zero rows stay zero for the next block.
+
+    With a cache (a prefill before decoding), each row's final state is read out of the scan's
+    ungated output: the d_state steps after a row have step size 0 (the state stays as it is),
+    input 0 and C = the n-th unit vector, so step n outputs C . h = h[:, n] exactly. The conv state
+    is the last d_conv inputs of each row, zero rows before a short row included.
+
+    u [1, T, D] the block's normed input, packed -> (output [1, T, D], SSM output [1, E, T])."""
+    import selective_scan_cuda
+    from causal_conv1d import causal_conv1d_fn
+    from einops import rearrange
+
+    xz = (mixer.in_proj.weight @ u[0].t())[None]  # [1, 2E, T]
+    x, z = xz.chunk(2, dim=1)  # [1, E, T] each
+    if cache is not None:
+        conv_state, ssm_state = _states(mixer, cache, packed.B)
+        last = packed.row_ends[:, None] + torch.arange(-mixer.d_conv, 0, device=u.device)  # [B, d_conv]
+        conv_state.copy_(x[0][:, last].transpose(0, 1))  # [B, E, d_conv]
+    x = causal_conv1d_fn(x, rearrange(mixer.conv1d.weight, "d 1 w -> d w"), mixer.conv1d.bias, activation="silu")
+    x_dbl = F.linear(x[0].t(), mixer.x_proj.weight)  # [T, R + 2N]
+    dt, B, C = torch.split(x_dbl, [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    dt = (mixer.dt_proj.weight @ dt.t())[None]  # [1, E, T]; bias goes to the scan
+    B = B.t().contiguous()[None, None]  # [1, 1, N, T]
+    C = C.t().contiguous()[None, None]
+    x.index_fill_(2, packed.restarts, 0.0)
+    dt.index_fill_(2, packed.restarts, RESET_DT)
+    if cache is not None:
+        N = mixer.d_state
+        read = packed.row_ends[:, None] + torch.arange(N, device=u.device)  # [B, N] the steps after each row
+        x.index_fill_(2, read.flatten(), 0.0)
+        dt.index_fill_(2, read.flatten(), PAD_DT)
+        C.index_fill_(3, read.flatten(), 0.0)
+        C[0, 0].index_put_((torch.arange(N, device=u.device).repeat(packed.B), read.flatten()),
+                           torch.ones((), dtype=C.dtype, device=u.device))
+    A, D = -torch.exp(mixer.A_log.float()), mixer.D.float()
+    # the kernel's own entry point (as mamba_inner_fn calls it), for the ungated output too
+    ungated, _, y = selective_scan_cuda.fwd(x, dt, A, B, C, D, z, mixer.dt_proj.bias.float(), True)  # [1, E, T]
+    if cache is not None:
+        ssm_state.copy_(ungated[0][:, read].transpose(0, 1))  # [B, E, N]
+    out = F.linear(y[0].t(), mixer.out_proj.weight)  # [T, D]
+    return out[None], y
+
+
 RESET_DT = 1e30  # a step size after which exp(dt * A) is 0 for any A < -1e-28: the state restarts from 0
 
 
-class _Packed:
-    """B rows of L steps laid end to end in one scan sequence [1, C, Lp]: each row starts at a multiple
-    of 8 steps (so every row's slice stays 16-byte aligned) and is followed by at least one reset
-    step; the whole is padded with reset steps to a multiple of the scan's chunk."""
+class PackedRows:
+    """B rows of L tokens laid end to end in one sequence of T rows: each row is preceded by `gap`
+    or more zero rows (so it starts at a multiple of 8 rows and every row's slice stays 16-byte
+    aligned), and the whole is padded with zero rows (at least `tail`) to a multiple of the scan's
+    chunk."""
 
-    def __init__(self, batch: int, length: int):
+    def __init__(self, batch: int, length: int, gap: int, device, tail: int = 0):
         self.B, self.L = batch, length
-        self.seg = length + 1 + (-(length + 1) % 8)  # steps per row, resets included
-        self.total = batch * self.seg
-        self.Lp = self.total + (-self.total % scan_chunk(self.total))
+        self.gap = max(gap, 1) + (-(max(gap, 1) + length) % 8)  # zero rows before each row
+        self.seg = self.gap + length  # rows per batch row, zero rows included
+        used = batch * self.seg + tail  # `tail` zero rows after the last row
+        self.T = used + (-used % scan_chunk(used))
+        starts = torch.arange(batch, device=device) * self.seg
+        self.restarts = starts + (self.gap - 1)  # [B] each row's last zero row
+        self.row_ends = starts + self.seg  # [B] the step after each row
 
-    def pack(self, t: torch.Tensor, fill: float) -> torch.Tensor:
-        """[B, C, L] -> [1, C, Lp], reset steps set to `fill`."""
-        C = t.shape[1]
-        out = t.new_empty(1, C, self.Lp)
-        rows = out[0, :, : self.total].view(C, self.B, self.seg)  # [C, B, seg]
-        rows[:, :, : self.L].copy_(t.transpose(0, 1))
-        rows[:, :, self.L :].fill_(fill)
-        out[0, :, self.total :].fill_(fill)
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [1, T, C], zero rows 0."""
+        out = t.new_zeros(1, self.T, t.shape[-1])
+        self.rows(out).copy_(t)
         return out
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
-        """[1, C, Lp] or [C, Lp] -> the real steps of every row as [B, L, C] (a strided view)."""
-        C = t.shape[-2]
-        return t.reshape(C, self.Lp)[:, : self.total].view(C, self.B, self.seg)[:, :, : self.L].permute(1, 2, 0)
+        """[1, T, C] -> the real rows as [B, L, C] (a view)."""
+        return t[0, : self.B * self.seg].view(self.B, self.seg, t.shape[-1])[:, self.gap :]
+
+    def rows_channels_first(self, t: torch.Tensor) -> torch.Tensor:
+        """[1, C, T] -> the real rows as [B, L, C] (a strided view)."""
+        C = t.shape[1]
+        return t[0, :, : self.B * self.seg].view(C, self.B, self.seg)[:, :, self.gap :].permute(1, 2, 0)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One branch of a packed stream: `data` [1, T, D] laid out by `layout`."""
+
+    data: torch.Tensor
+    layout: PackedRows
+
+
+def _data(branch):
+    return None if branch is None else branch.data
 
 
 def _states(mixer, cache, batch: int):

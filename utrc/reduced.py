@@ -150,7 +150,9 @@ class ReducedModel:
         # Peak memory is that of the largest block, as in mamba_ssm's own loop, only if nothing else
         # holds a [B, N, *] tensor: the loop owns the stream, and a reduction layer lets go of each
         # tensor (the block's input, the importance source, the unreduced branches) once used.
-        hidden, residual = state.hidden, state.residual
+        # The stream between reductions is in the execution path's own layout (`blocks.stream`:
+        # mamba_ssm's Mamba-1 blocks keep shortened rows packed end to end); [B, N, D] again at the end.
+        hidden, residual = self.blocks.stream(state.hidden, state.residual, cache)
         state = replace(state, hidden=None, residual=None)
         source = self.policy.importance_source
         for i in range(start, stop):
@@ -170,6 +172,8 @@ class ReducedModel:
             state = replace(state, positions=plan.positions(state.positions), sizes=plan.sizes(state.sizes),
                             lengths=plan.new_lengths, host_lengths=counts.new_lengths)
             plan = None
+            hidden, residual = self.blocks.stream(hidden, residual, cache)
+        hidden, residual = self.blocks.rows(hidden, residual)
         return replace(state, hidden=hidden, residual=residual)
 
     def final_norm(self, state: TokenState) -> torch.Tensor:

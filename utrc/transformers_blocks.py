@@ -37,6 +37,12 @@ class TransformersBlocks:
     def embed(self, input_ids: torch.Tensor):
         return self.model.backbone.embeddings(input_ids), None  # [B, N, D], no pending residual
 
+    def stream(self, hidden, residual, cache=None):
+        return hidden, residual  # the stream between blocks is always [B, N, D] here
+
+    def rows(self, hidden, residual):
+        return hidden, residual
+
     def block(self, i: int, hidden: torch.Tensor, residual: torch.Tensor | None, cache=None):
         """Block i as transformers runs it -> (stream [B, N, D], None)."""
         block = self.layers[i]
