@@ -289,27 +289,35 @@ def mamba1_packed(mixer, u: torch.Tensor, packed: "PackedRows", cache=None):
     input 0 and C = the n-th unit vector, so step n outputs C . h = h[:, n] exactly. The conv state
     is the last d_conv inputs of each row, zero rows before a short row included.
 
-    u [1, T, D] the block's normed input, packed -> (output [1, T, D], SSM output [1, E, T])."""
+    The stream holds T rows; the scan runs over `packed.scan_steps` >= T steps (whole chunks), so the
+    scan's inputs are written into buffers that long and every projection runs on the T rows only.
+    The steps past T come after every row: whatever they hold reaches no row's output.
+
+    u [1, T, D] the block's normed input, packed -> (output [1, T, D], SSM output [1, E, S]) with
+    S = packed.scan_steps."""
     import selective_scan_cuda
     from causal_conv1d import causal_conv1d_fn
     from einops import rearrange
 
-    xz = (mixer.in_proj.weight @ u[0].t())[None]  # [1, 2E, T]
-    x, z = xz.chunk(2, dim=1)  # [1, E, T] each
+    T, S, E, N = packed.T, packed.scan_steps, mixer.d_inner, mixer.d_state
+    xz = u.new_empty(2 * E, S)  # [2E, S]
+    torch.mm(mixer.in_proj.weight, u[0].t(), out=xz[:, :T])
     if cache is not None:
         conv_state, ssm_state = _states(mixer, cache, packed.B)
         last = packed.row_ends[:, None] + torch.arange(-mixer.d_conv, 0, device=u.device)  # [B, d_conv]
-        conv_state.copy_(x[0][:, last].transpose(0, 1))  # [B, E, d_conv]
-    x = causal_conv1d_fn(x, rearrange(mixer.conv1d.weight, "d 1 w -> d w"), mixer.conv1d.bias, activation="silu")
-    x_dbl = F.linear(x[0].t(), mixer.x_proj.weight)  # [T, R + 2N]
-    dt, B, C = torch.split(x_dbl, [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-    dt = (mixer.dt_proj.weight @ dt.t())[None]  # [1, E, T]; bias goes to the scan
-    B = B.t().contiguous()[None, None]  # [1, 1, N, T]
-    C = C.t().contiguous()[None, None]
+        conv_state.copy_(xz[:E][:, last].transpose(0, 1))  # [B, E, d_conv]
+    x = causal_conv1d_fn(xz[None, :E], rearrange(mixer.conv1d.weight, "d 1 w -> d w"), mixer.conv1d.bias,
+                         activation="silu")  # [1, E, S]
+    x_dbl = F.linear(x[0, :, :T].t(), mixer.x_proj.weight)  # [T, R + 2N]
+    dt_low, B_rows, C_rows = torch.split(x_dbl, [mixer.dt_rank, N, N], dim=-1)
+    dt = u.new_empty(1, E, S)
+    torch.mm(mixer.dt_proj.weight, dt_low.t(), out=dt[0, :, :T])  # bias goes to the scan
+    B, C = u.new_empty(1, 1, N, S), u.new_empty(1, 1, N, S)
+    B[0, 0, :, :T].copy_(B_rows.t())
+    C[0, 0, :, :T].copy_(C_rows.t())
     x.index_fill_(2, packed.restarts, 0.0)
     dt.index_fill_(2, packed.restarts, RESET_DT)
     if cache is not None:
-        N = mixer.d_state
         read = packed.row_ends[:, None] + torch.arange(N, device=u.device)  # [B, N] the steps after each row
         x.index_fill_(2, read.flatten(), 0.0)
         dt.index_fill_(2, read.flatten(), PAD_DT)
@@ -317,11 +325,12 @@ def mamba1_packed(mixer, u: torch.Tensor, packed: "PackedRows", cache=None):
         C[0, 0].index_put_((torch.arange(N, device=u.device).repeat(packed.B), read.flatten()),
                            torch.ones((), dtype=C.dtype, device=u.device))
     A, D = -torch.exp(mixer.A_log.float()), mixer.D.float()
+    z = xz[None, E:]  # [1, E, S]
     # the kernel's own entry point (as mamba_inner_fn calls it), for the ungated output too
-    ungated, _, y = selective_scan_cuda.fwd(x, dt, A, B, C, D, z, mixer.dt_proj.bias.float(), True)  # [1, E, T]
+    ungated, _, y = selective_scan_cuda.fwd(x, dt, A, B, C, D, z, mixer.dt_proj.bias.float(), True)  # [1, E, S]
     if cache is not None:
         ssm_state.copy_(ungated[0][:, read].transpose(0, 1))  # [B, E, N]
-    out = F.linear(y[0].t(), mixer.out_proj.weight)  # [T, D]
+    out = F.linear(y[0, :, :T].t(), mixer.out_proj.weight)  # [T, D]
     return out[None], y
 
 
@@ -331,15 +340,15 @@ RESET_DT = 1e30  # a step size after which exp(dt * A) is 0 for any A < -1e-28: 
 class PackedRows:
     """B rows of L tokens laid end to end in one sequence of T rows: each row is preceded by `gap`
     or more zero rows (so it starts at a multiple of 8 rows and every row's slice stays 16-byte
-    aligned), and the whole is padded with zero rows (at least `tail`) to a multiple of the scan's
-    chunk."""
+    aligned), and `tail` zero rows follow the last. The scan runs over `scan_steps`: T rounded up
+    to whole chunks of the scan."""
 
     def __init__(self, batch: int, length: int, gap: int, device, tail: int = 0):
         self.B, self.L = batch, length
         self.gap = max(gap, 1) + (-(max(gap, 1) + length) % 8)  # zero rows before each row
         self.seg = self.gap + length  # rows per batch row, zero rows included
-        used = batch * self.seg + tail  # `tail` zero rows after the last row
-        self.T = used + (-used % scan_chunk(used))
+        self.T = batch * self.seg + tail
+        self.scan_steps = self.T + (-self.T % scan_chunk(self.T))
         starts = torch.arange(batch, device=device) * self.seg
         self.restarts = starts + (self.gap - 1)  # [B] each row's last zero row
         self.row_ends = starts + self.seg  # [B] the step after each row
@@ -355,7 +364,7 @@ class PackedRows:
         return t[0, : self.B * self.seg].view(self.B, self.seg, t.shape[-1])[:, self.gap :]
 
     def rows_channels_first(self, t: torch.Tensor) -> torch.Tensor:
-        """[1, C, T] -> the real rows as [B, L, C] (a strided view)."""
+        """[1, C, T or more] -> the real rows as [B, L, C] (a strided view)."""
         C = t.shape[1]
         return t[0, :, : self.B * self.seg].view(C, self.B, self.seg)[:, :, self.gap :].permute(1, 2, 0)
 
