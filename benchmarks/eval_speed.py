@@ -1,6 +1,6 @@
 """Wall time of one policy's evaluation through lm-eval (`utrc.evaluation.evaluate`) on the CPU.
 
-Target (issue 4): the demo suite (six demo tasks, demo model) for one policy in under a minute on
+Target: the demo suite (six demo tasks, demo model) for one policy in under a minute on
 the CPU. Timed end to end as a user runs it: model load, lm-eval task building, scoring, metric
 aggregation. The same run with `--policy dense` gives the unreduced baseline.
 

@@ -2,7 +2,7 @@
 
 For every block and every importance source (`ssm_output`, `scan_output` on Mamba-2,
 `mixer_output`), over the reducible prefix of each window (all but the last `score_last`
-tokens, which are protected as in SPEC §4):
+tokens, which are protected as in docs/method.md §4):
 
 * ``importance``: for each metric (clip, l1, l2, signed) the distribution of per-token scores:
   quantiles, mean, std, and `rel_iqr` = (q75 - q25) / |median|, which is ~0 when a source gives
@@ -10,7 +10,7 @@ tokens, which are protected as in SPEC §4):
 * ``activation``: `positive_share`, the share of the source's activations that are > 0 (the
   share `clip` sees);
 * ``match``: the distribution of g(a), the cosine similarity of each A token to its best B match
-  (SPEC §1 steps 3-4, with A / B classified by that metric);
+  (docs/method.md §1 steps 3-4, with A / B classified by that metric);
 * ``sensitivity``: KL(dense || reduced) of the next-token distribution at the scored positions
   when UTRC reduces at that block alone, at each keep of `sensitivity_keeps` (0.9 / 0.8 / 0.7),
   with the importance pairs of `sensitivity_pairs` (default the paper's clip/ssm_output).

@@ -116,7 +116,7 @@ def parse_layers(text: str, n_layer: int) -> tuple[int, ...]:
 
 def reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
     """{importance source of the space: the largest nominal reduction a policy with it reaches}.
-    The source matters: its width sets the cost of matching (SPEC §5)."""
+    The source matters: its width sets the cost of matching (docs/method.md §5)."""
     reach = {}
     for pair in space.importance:
         source = pair.partition("/")[2]

@@ -96,7 +96,7 @@ def test_reducing_after_the_last_block_never_changes_scored_positions():
 
 
 def test_gated_norm_with_unit_weights_makes_l2_uninformative():
-    """SPEC §1: after Mamba-2's gated RMSNorm with unit weights every token has the same l2 score."""
+    """docs/method.md §1: after Mamba-2's gated RMSNorm with unit weights every token has the same l2 score."""
     torch.manual_seed(0)
     model = Mamba2ForCausalLM(tiny_config("mamba2", n_layer=3)).eval()  # norm weights all ones
     cal = calibrate(model, ids(), CalibrationConfig(score_last=4, sensitivity_keeps=(0.8,)))

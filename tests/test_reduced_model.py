@@ -1,4 +1,4 @@
-"""The reduced forward pass on tiny random models of both architectures (SPEC §1, §4)."""
+"""The reduced forward pass on tiny random models of both architectures (docs/method.md §1, §4)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Evaluate a (model, policy) pair on lm-eval tasks and write one results file (SPEC §4).
+"""Evaluate a (model, policy) pair on lm-eval tasks and write one results file (docs/method.md §4).
 
     doc = evaluate("demo:mamba2", "policy.json", "demo")     # the six demo tasks, split "test"
     write_results(doc, "results/demo_mamba2/policy.json")

@@ -1,4 +1,4 @@
-"""Analytic FLOPs of a Mamba / Mamba-2 prefill, dense and token-reduced (SPEC §5).
+"""Analytic FLOPs of a Mamba / Mamba-2 prefill, dense and token-reduced (docs/method.md §5).
 
 In the spirit of nanoGPT's `estimate_mfu`: every term is written out from the ops that run
 (transformers' `MambaMixer` / `Mamba2Mixer`, which follow the mamba_ssm reference), per token of

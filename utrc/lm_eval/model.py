@@ -3,7 +3,7 @@
 Everything lm-eval does around the model is HFLM's own code: tokenisation and the context /
 continuation split (`TemplateLM.loglikelihood`), rolling windows (`loglikelihood_rolling`),
 generation batching, stop sequences and post-processing (`generate_until`), device and batch-size
-handling. Three things change (SPEC §4):
+handling. Three things change (docs/method.md §4):
 
 * `_loglikelihood_tokens` runs the reduced model. Each request's input is
   `(context + continuation)[:-1]` left-truncated to `max_length`; its last `len(continuation)`
