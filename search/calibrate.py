@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
-from utrc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from utrc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, now, versions
 from utrc.policy import IMPORTANCE_METRICS
 from utrc.reduction import importance_scores
 
@@ -148,8 +148,8 @@ def calibrate(model, input_ids: torch.Tensor, config: CalibrationConfig = Calibr
         },
         "importance_signal": _signal(table),
         "extra": config.extra,
-        "versions": provenance.versions(),
-        "created": provenance.now(),
+        "versions": versions(),
+        "created": now(),
     }
     summary["hash"] = provenance.json_hash(summary["hashes"])
     return Calibration(table, summary)

@@ -38,10 +38,10 @@ from optuna.trial import TrialState
 
 from utrc import ModelShape, ModelSpec, Policy
 from utrc.budget import fit
+from utrc.io import now, versions
 from utrc.names import budget_tag
 from utrc.policy import paper_layers
 
-from . import provenance
 from .objective import DenseReference
 from .space import FEASIBILITY, Budget, SearchSpace, SpaceError, check_reachable, paper_weights
 from .storage import SEEDED, StorageError, fail_stale_trials, lineage, open_storage, worker_id
@@ -106,7 +106,7 @@ def register_worker(study: optuna.Study) -> dict:
     """Record this process in the study's user attrs (a trial killed before its first heartbeat is
     stale once every registered worker is gone, see `search.storage`) -> its id."""
     me = worker_id()
-    study.set_user_attr(f"worker {me['host']} {me['pid']} {me['start']}", dict(me, since=provenance.now()))
+    study.set_user_attr(f"worker {me['host']} {me['pid']} {me['start']}", dict(me, since=now()))
     return me
 
 
@@ -167,8 +167,8 @@ def create_or_resume(storage: str, study_name: str, config: StudyConfig, shape: 
                         "n_startup_trials": config.n_startup_trials,
                         "reseeded": "before each trial, from (seed, trial number)"},
             "objectives": ["quality_loss", "nominal_reduction"] if config.multi_objective else ["quality_loss"],
-            "versions": provenance.versions(),
-            "created": provenance.now(),
+            "versions": versions(),
+            "created": now(),
             "settings": settings,
         }
         for key, value in attrs.items():

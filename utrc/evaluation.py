@@ -26,7 +26,6 @@ import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import transformers
 
 from . import __version__
 from .flops import estimate_flops
-from .io import atomic_write_json
+from .io import atomic_write_json, now
 from .names import BENCHMARKS, DEMO_TASKS, PAPER_EXTRA_METRICS, PAPER_METRICS
 from .policy import Policy
 from .shapes import ModelShape
@@ -240,7 +239,7 @@ def results_document(
         "seed": seed if seed is not None else config.get("random_seed"),
         "batch_size": batch_size if batch_size is not None else config.get("batch_size"),
         "limit": limit if limit is not None else config.get("limit"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "elapsed_s": elapsed_s,
     }
 
