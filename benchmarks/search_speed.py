@@ -42,7 +42,8 @@ def main() -> None:
         rest = [*rest, "--budget", "0.3"]
     with tempfile.TemporaryDirectory() as tmp:
         storage = os.path.join(tmp, "bench.journal")
-        args = run_cli.build_parser().parse_args([*rest, "--storage", storage, "--n-trials", str(own.trials), "--quiet"])
+        args = run_cli.build_parser().parse_args(
+            [*rest, "--storage", storage, "--n-trials", str(own.trials), "--quiet"])
         prep = run_cli.prepare(args)
         start = time.perf_counter()
         done = run(prep.study, prep.objective, own.trials, progress=None)

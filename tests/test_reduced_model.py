@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_model
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, PolicyError, apply
 from utrc.counts import removal_count
-
-from conftest import VOCAB, tiny_model
 
 METHODS = ["utrc", "evit", "tome"]
 

@@ -288,7 +288,8 @@ def device_name(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"CPU, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores ({model})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU, {cores} cores ({model})"
 
 
 def write_results(doc: Mapping, path: str | Path) -> Path:
@@ -368,7 +369,8 @@ def local_task_manager(data_files: Mapping[str, str | Path | Mapping[str, str | 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m utrc.evaluation", description="Evaluate a policy; write a utrc-results/1 file.")
+    ap = argparse.ArgumentParser(prog="python -m utrc.evaluation",
+                                 description="Evaluate a policy; write a utrc-results/1 file.")
     ap.add_argument("--model", required=True, help="model reference (directory, hub id, demo:mamba2, demo:mamba)")
     ap.add_argument("--policy", required=True, help="policy file, or 'dense'")
     ap.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, or 'benchmarks' / 'demo'")

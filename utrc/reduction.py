@@ -69,7 +69,7 @@ class RowCounts:
 
     @property
     def new_lengths(self) -> tuple[int, ...]:
-        return tuple(n - r for n, r in zip(self.lengths, self.removed))
+        return tuple(n - r for n, r in zip(self.lengths, self.removed, strict=True))
 
     def merges(self, strategy: str, prune_share: float) -> bool:
         """Whether a branch with this strategy merges any token (else it only drops rows)."""
@@ -150,7 +150,8 @@ class ReductionPlan:
         dst_rows = (self.new_index.gather(1, self.dst).clamp(min=0) + batch * Np).reshape(-1)
         return src_rows, dst_rows
 
-    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor, merges: bool) -> torch.Tensor:
+    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor,
+                          merges: bool) -> torch.Tensor:
         out = self._gather(x)  # [B, N', D]
         if not merges:
             return out
