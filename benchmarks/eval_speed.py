@@ -1,10 +1,10 @@
 """Wall time of one policy's evaluation through lm-eval (`utrc.evaluation.evaluate`) on the CPU.
 
-Target (issue 4): the demo suite (six demo tasks, demo model) for one policy in under a minute on
+Target: the demo suite (six demo tasks, demo model) for one policy in under a minute on
 the CPU. Timed end to end as a user runs it: model load, lm-eval task building, scoring, metric
 aggregation. The same run with `--policy dense` gives the unreduced baseline.
 
-    python benchmarks/eval_speed.py                                    # demo:mamba2, paper schedule keep 0.9, demo suite
+    python benchmarks/eval_speed.py                                   # demo:mamba2, paper schedule keep 0.9, demo suite
     python benchmarks/eval_speed.py --model demo:mamba --policy dense
     python benchmarks/eval_speed.py --tasks benchmarks --local-data tests/data/lm_eval --model DIR --policy FILE
 """
@@ -66,7 +66,8 @@ def main() -> None:
         tm = task_manager(args, tmp)
         batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
         start = time.perf_counter()
-        doc = evaluate(args.model, policy, args.tasks, task_manager=tm, batch_size=batch_size, device="cpu", limit=args.limit)
+        doc = evaluate(args.model, policy, args.tasks, task_manager=tm, batch_size=batch_size, device="cpu",
+                       limit=args.limit)
         wall = time.perf_counter() - start
 
     requests = sum(t["n_requests"] for t in doc["tasks"].values())

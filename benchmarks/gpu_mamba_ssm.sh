@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Make mamba_ssm importable on the lent GPU machine (device tool), which has no registry access.
+# Make mamba_ssm importable on a GPU machine without registry access (benchmarks/gpu_native.sh).
 #   bash benchmarks/gpu_mamba_ssm.sh [WHEEL_OUT]
 # 1. If it is importable already (a warm machine), nothing to do.
 # 2. If gpu-carry/mamba-ssm-wheel/ holds the parts of a wheel built by an earlier call, join and
 #    install them (seconds).
-# 3. Otherwise build it from the carried sdist with ../shared/tools/build-mamba-ssm-sm90.sh
-#    (copied to gpu-carry/, about 3.5 minutes) and, if WHEEL_OUT is given, write the wheel there
-#    in 15 MB parts: the device tool returns files of at most 16 MiB. Copy the parts that come back
+# 3. Otherwise build it from the carried sdist with gpu-carry/build-mamba-ssm-sm90.sh
+#    (about 3.5 minutes) and, if WHEEL_OUT is given, write the wheel there
+#    in 15 MB parts: a file that comes back from the GPU machine may have at most 16 MiB. Copy the parts that come back
 #    into gpu-carry/mamba-ssm-wheel/ for the next calls.
 set -euo pipefail
 wheel_out=${1:-}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the demo models on the lent H100 machine (device tool): several seeded training runs at
+# Train the demo models on a GPU machine (an H100, no registry access): several seeded training runs at
 # once, one process each (the models are tiny and leave the GPU mostly idle, so runs overlap).
 # Carry gpu-carry/ (transformers wheel; see benchmarks/gpu_native.sh). With MAMBA_SSM=1 it first makes
 # mamba_ssm importable (benchmarks/gpu_mamba_ssm.sh), and transformers then trains through its
@@ -7,7 +7,7 @@
 # step); Mamba-2 also trains on transformers' PyTorch path (71 ms a 64-episode step).
 #   bash benchmarks/gpu_train_demo.sh "$OUT" MINUTES NAME:ARGS [NAME:ARGS ...]
 # e.g. NAME:ARGS = "mamba2:--arch mamba2 --batch-size 64". Everything comes back as one archive,
-# $OUT/runs.tar.gz (NAME/{model files,train.log}, NAME.stdout): the device tool returns 8 files.
+# $OUT/runs.tar.gz (NAME/{model files,train.log}, NAME.stdout): at most 8 files come back from the GPU machine.
 # Each run is stopped 45 s past MINUTES; it keeps the weights of its last dev evaluation.
 set -uo pipefail
 out=${1:?output folder}; minutes=${2:?minutes per run}; shift 2

@@ -16,36 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from dataclasses import replace
 
 import torch
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
 from utrc.io import atomic_write_json, stamp
-from utrc.profile import random_model
+from utrc.profile import median_time, random_model
 from utrc.reduction import RowCounts
 from utrc.shapes import PAPER_SHAPES
-
-
-def median_time(fn, device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

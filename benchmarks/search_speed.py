@@ -3,7 +3,7 @@
 Builds the worker exactly as `search.run` does (same arguments, `search.run.prepare`: model load,
 dev set, cached dense outputs, journal-file study with the paper / calibration / uniform trials
 enqueued), then times `search.study.run` for `--trials` COMPLETE trials on a fresh journal file.
-Setup (one-time per worker) is reported separately from the trial rate. Target (issue 5): at
+Setup (one-time per worker) is reported separately from the trial rate. Target: at
 least 20 trials per minute on the demo model on the 2-core development CPU.
 
     python benchmarks/search_speed.py [--model demo:mamba2] [--trials 60] [search.run options...]
@@ -42,7 +42,8 @@ def main() -> None:
         rest = [*rest, "--budget", "0.3"]
     with tempfile.TemporaryDirectory() as tmp:
         storage = os.path.join(tmp, "bench.journal")
-        args = run_cli.build_parser().parse_args([*rest, "--storage", storage, "--n-trials", str(own.trials), "--quiet"])
+        args = run_cli.build_parser().parse_args(
+            [*rest, "--storage", storage, "--n-trials", str(own.trials), "--quiet"])
         prep = run_cli.prepare(args)
         start = time.perf_counter()
         done = run(prep.study, prep.objective, own.trials, progress=None)

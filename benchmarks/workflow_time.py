@@ -1,4 +1,4 @@
-"""Time the README's main command, `snakemake --cores 2`, as on a fresh machine (issue 7's target:
+"""Time the README's main command, `snakemake --cores 2`, as on a fresh machine (target:
 under 10 minutes on 2 CPU cores, no network).
 
 The repository's files (without .venv, results, reports-out, .snakemake, caches) are copied into a

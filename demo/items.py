@@ -30,6 +30,7 @@ the same wording; that text (split "train") is what the models are trained on, a
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from . import vocab as V
 from .world import Entity, World, entity_count, random_habit, render_document, sample_world
@@ -189,12 +190,12 @@ def build_item(task: str, rng: random.Random, split: str) -> dict:
         elif task == "demo_winogrande":
             setup = _winogrande_setup(world, rng)
         query, fields = {
-            "demo_lambada": lambda: _lambada(world, rng),
-            "demo_hellaswag": lambda: _hellaswag(world, rng),
-            "demo_piqa": lambda: _piqa(world, rng),
-            "demo_arc_easy": lambda: _arc_easy(world, rng),
-            "demo_arc_challenge": lambda: _arc_challenge(world, rng, setup),
-            "demo_winogrande": lambda: _winogrande(world, rng, setup),
+            "demo_lambada": partial(_lambada, world, rng),
+            "demo_hellaswag": partial(_hellaswag, world, rng),
+            "demo_piqa": partial(_piqa, world, rng),
+            "demo_arc_easy": partial(_arc_easy, world, rng),
+            "demo_arc_challenge": partial(_arc_challenge, world, rng, setup),
+            "demo_winogrande": partial(_winogrande, world, rng, setup),
         }[task]()
         doc = render_document(world, rng, length - len(query.split()) - 8)
         context = f"{doc} {query}"

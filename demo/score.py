@@ -96,11 +96,11 @@ def score_task(model, tokenizer, task: str, rows: list[dict], reduced=None, batc
         lls = [ll for ll, _ in res]
         return {"acc": sum(g for _, g in res) / len(res), "perplexity": math.exp(-sum(lls) / len(lls))}
     acc = acc_norm = 0
-    for row, (s, k) in zip(rows, spans):
+    for row, (s, k) in zip(rows, spans, strict=True):
         lls = [res[s + j][0] for j in range(k)]
         # lm-eval divides by the length of doc_to_choice's strings: the options' contexts for winogrande
         lens = [len(ctx) if task == "demo_winogrande" else len(cont) - 1 for ctx, cont in reqs[s : s + k]]
-        norm = [ll / n for ll, n in zip(lls, lens)]
+        norm = [ll / n for ll, n in zip(lls, lens, strict=True)]
         acc += int(max(range(k), key=lambda j: lls[j]) == row["label"])
         acc_norm += int(max(range(k), key=lambda j: norm[j]) == row["label"])
     return {"acc": acc / len(rows), "acc_norm": acc_norm / len(rows)}
@@ -164,7 +164,8 @@ def main(argv=None) -> None:
         reduced = None if spec == "dense" else apply(model, policy)
         results[spec] = score_suite(model, tok, a.split, reduced, limit=a.limit, batch_size=a.batch_size)
         keep = next(iter(policy.layers.values())).keep if policy.layers else 1.0
-        print(f"{spec} (keep {keep}): average {100 * results[spec]['average']:.1f} ({time.time() - t:.0f} s)", flush=True)
+        print(f"{spec} (keep {keep}): average {100 * results[spec]['average']:.1f} ({time.time() - t:.0f} s)",
+              flush=True)
     print(format_table(results))
     if a.json:
         with open(a.json, "w") as f:

@@ -162,7 +162,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--threads", type=int, default=1,
-        help="CPU threads; 1 by default: on a shared 2-core machine two OpenMP threads stall each other (10x slower steps)",
+        help="CPU threads; 1 by default: on a shared 2-core machine two OpenMP threads stall each other "
+             "(10x slower steps)",
     )  # fmt: skip
     p.add_argument("--eval-items", type=int, default=150, help="dev items per task scored at the end")
     p.add_argument("--eval-every", type=int, default=250, help="score --eval-limit dev items per task every N steps")
@@ -209,8 +210,8 @@ def main(argv=None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"arch {a.arch}: {n_params} parameters, vocabulary {len(tokenizer)} words")
     log(f"config: {config.to_json_string(use_diff=True).strip()}")
-    log(f"batch {a.batch_size} episodes, lr {a.lr}, warm-up {a.warmup}, seed {a.seed}, workers {a.workers}, threads {a.threads}, "
-        f"short {a.short}, doc weight {a.doc_weight}, queries {a.queries}")  # fmt: skip
+    log(f"batch {a.batch_size} episodes, lr {a.lr}, warm-up {a.warmup}, seed {a.seed}, workers {a.workers}, "
+        f"threads {a.threads}, short {a.short}, doc weight {a.doc_weight}, queries {a.queries}")  # fmt: skip
 
     decay, other = decay_groups(model)
     opt = torch.optim.AdamW(

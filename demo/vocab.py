@@ -78,7 +78,10 @@ METALS = "iron brass copper silver gold steel tin bronze".split()
 COUNTS = "two three four five six seven".split()
 CHEST_FACT = "the {c} chest opens with the {metal} key turned {count} times ."
 CHEST_QUESTION = "how do you open the {c} chest ?"
-CHEST_SOLUTION = "the {c} chest opens with the {metal} key turned {count} times , so take the {metal} key , turn it {count} times and lift the lid ."
+CHEST_SOLUTION = (
+    "the {c} chest opens with the {metal} key turned {count} times , so take the {metal} key , "
+    "turn it {count} times and lift the lid ."
+)
 CHEST_KEY_QUESTION = "which key opens the {c} chest ?"
 CHEST_PREFIX = "the {c} chest opens with the"
 

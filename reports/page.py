@@ -348,16 +348,17 @@ def keep_charts(run: Run) -> list[dict]:
         for m in methods:
             pdoc = run.policies[m][tag][1]
             n_layer = pdoc["model"]["n_layer"]
-            keeps = [pdoc["layers"].get(str(l), {}).get("keep") for l in range(n_layer)]
+            keeps = [pdoc["layers"].get(str(layer), {}).get("keep") for layer in range(n_layer)]
             grid.append(keeps)
-            tips.append([f"{LABELS[m]}, layer {l}: " + ("not reduced" if k is None else f"keep {k:.3f}")
-                         for l, k in enumerate(keeps)])
+            tips.append([f"{LABELS[m]}, layer {layer}: " + ("not reduced" if k is None else f"keep {k:.3f}")
+                         for layer, k in enumerate(keeps)])
             doc = _eval(run, m, tag)
             tokens = (doc or {}).get("nominal", {}).get("tokens_per_layer")
             if tokens:
                 seq = doc["nominal"].get("seq_len", tokens[0])
-                # layer l's count spans [l - 0.5, l + 0.5], centred on its tick
-                steps = [(l - 0.5, t / seq) for l, t in enumerate(tokens)] + [(len(tokens) - 0.5, tokens[-1] / seq)]
+                # each layer's count spans [layer - 0.5, layer + 0.5], centred on its tick
+                steps = [(layer - 0.5, t / seq) for layer, t in enumerate(tokens)]
+                steps.append((len(tokens) - 0.5, tokens[-1] / seq))
                 token_series.append(svg.Series(
                     LABELS[m], steps, color=COLORS[m], marker="none", dash=DASHES[m],
                     width=2.5 if m == "utrc-searched" else 1.8, step=True))
@@ -365,7 +366,7 @@ def keep_charts(run: Run) -> list[dict]:
             continue
         label = budget_label(budget)
         panel = {"tag": tag, "budget": budget, "label": label, "charts": [svg.heatmap(
-            f"keep-{tag}", [LABELS[m] for m in methods], [str(l) for l in range(n_layer)], grid,
+            f"keep-{tag}", [LABELS[m] for m in methods], [str(layer) for layer in range(n_layer)], grid,
             title=f"Keep ratio per layer, {label} budget", x_label="layer (block index)", domain=(0.5, 1.0),
             scale="grey", row_marks=[(COLORS[m], MARKERS[m]) for m in methods], value_format=lambda v: f"{v:.2f}",
             tips=tips, width=560,
@@ -469,7 +470,7 @@ def calibration_charts(run: Run) -> list:
     if not rows:
         return []
     layers = sorted({int(r["layer"]) for r in rows})
-    cols = [str(l) for l in layers]
+    cols = [str(layer) for layer in layers]
     charts = []
     sens = [r for r in rows if r["kind"] == "sensitivity" and r["stat"] == "kl"]
     if sens:
@@ -477,7 +478,7 @@ def calibration_charts(run: Run) -> list:
         grid = {(f"{r['metric']}/{r['source']}", r["keep"], int(r["layer"])): r["value"] for r in sens}
         charts.append(svg.heatmap(
             "calibration-sensitivity", [f"{p} keep {k:g}" for p, k in keys], cols,
-            [[grid.get((p, k, l)) for l in layers] for p, k in keys],
+            [[grid.get((p, k, layer)) for layer in layers] for p, k in keys],
             title="Sensitivity: KL from dense, one layer reduced",
             x_label="layer", log=True, value_format=lambda v: f"{v:.2g}",
             caption="UTRC at one layer alone, at each keep ratio. Dark = the model barely notices; bright = "
@@ -496,7 +497,8 @@ def calibration_charts(run: Run) -> list:
         pairs = sorted({f"{r['metric']}/{r['source']}" for r in sel})
         grid = {(f"{r['metric']}/{r['source']}", int(r["layer"])): r["value"] for r in sel}
         labels = [p + ("  (uninformative)" if signal.get(p, {}).get("informative") is False else "") for p in pairs]
-        charts.append(svg.heatmap(name, labels, cols, [[grid.get((p, l)) for l in layers] for p in pairs], title=title,
+        values = [[grid.get((p, layer)) for layer in layers] for p in pairs]
+        charts.append(svg.heatmap(name, labels, cols, values, title=title,
                                   x_label="layer", log=log, value_format=lambda v: f"{v:.2g}", caption=caption))
     return charts
 
@@ -610,7 +612,8 @@ def policy_files(run: Run, out_dir: Path) -> list[dict]:
             if not entry:
                 continue
             path, pdoc = entry
-            layers = [f"{l}: {v['keep']:g}" for l, v in sorted(pdoc["layers"].items(), key=lambda kv: int(kv[0]))]
+            layers = [f"{layer}: {v['keep']:g}"
+                      for layer, v in sorted(pdoc["layers"].items(), key=lambda kv: int(kv[0]))]
             out.append({
                 "method": m, "label": LABELS[m], "color": COLORS[m], "tag": tag, "name": Path(path).name, "path": path,
                 "budget_label": budget_label(run.budgets[tag]),

@@ -371,7 +371,7 @@ def xy_chart(
     shared = _coinciding(series, drawn)
     placed: list[tuple[int, float, float, float]] = []  # markers so far: series, x, y, size
     legend = []
-    for k, (s, keep) in enumerate(zip(series, drawn)):
+    for k, (s, keep) in enumerate(zip(series, drawn, strict=True)):
         marks = [(i, x, y) for i, x, y in keep if s.marker != "none" and (s.marked is None or s.marked[i])]
         draws_line = s.line and len(keep) > 1
         if not draws_line and not marks:
@@ -421,7 +421,7 @@ def _coinciding(series: Sequence[Series], drawn: list[list[tuple[int, float, flo
     """Series whose lines run through exactly the same pixels (to 0.1 px): series index -> its group, in
     drawing order. (Markers alone never hide each other: `xy_chart` shrinks a marker drawn on another.)"""
     by_coords: dict[tuple, list[int]] = {}
-    for k, (s, keep) in enumerate(zip(series, drawn)):
+    for k, (s, keep) in enumerate(zip(series, drawn, strict=True)):
         if s.line and len(keep) > 1:
             by_coords.setdefault(tuple((round(x, 1), round(y, 1)) for _, x, y in keep), []).append(k)
     return {k: group for group in by_coords.values() if len(group) > 1 for k in group}

@@ -27,8 +27,8 @@ class DevAccuracy:
     def __init__(self, model_ref: str, tasks: str = "demo", task_manager=None, limit: int | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype=None, max_length: int | None = None):
         from utrc.evaluation import TASK_SETS
-        from utrc.names import PAPER_METRICS
         from utrc.lm_eval.model import DEFAULT_MAX_LENGTH, UtrcLM
+        from utrc.names import PAPER_METRICS
 
         self.tasks = list(TASK_SETS[tasks]) if tasks in TASK_SETS else [t for t in tasks.split(",") if t]
         if task_manager is None:

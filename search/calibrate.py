@@ -2,7 +2,7 @@
 
 For every block and every importance source (`ssm_output`, `scan_output` on Mamba-2,
 `mixer_output`), over the reducible prefix of each window (all but the last `score_last`
-tokens, which are protected as in SPEC §4):
+tokens, which are protected as in docs/method.md §4):
 
 * ``importance``: for each metric (clip, l1, l2, signed) the distribution of per-token scores:
   quantiles, mean, std, and `rel_iqr` = (q75 - q25) / |median|, which is ~0 when a source gives
@@ -10,7 +10,7 @@ tokens, which are protected as in SPEC §4):
 * ``activation``: `positive_share`, the share of the source's activations that are > 0 (the
   share `clip` sees);
 * ``match``: the distribution of g(a), the cosine similarity of each A token to its best B match
-  (SPEC §1 steps 3-4, with A / B classified by that metric);
+  (docs/method.md §1 steps 3-4, with A / B classified by that metric);
 * ``sensitivity``: KL(dense || reduced) of the next-token distribution at the scored positions
   when UTRC reduces at that block alone, at each keep of `sensitivity_keeps` (0.9 / 0.8 / 0.7),
   with the importance pairs of `sensitivity_pairs` (default the paper's clip/ssm_output).
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
-from utrc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from utrc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, now, versions
 from utrc.policy import IMPORTANCE_METRICS
 from utrc.reduction import importance_scores
 
@@ -144,12 +144,12 @@ def calibrate(model, input_ids: torch.Tensor, config: CalibrationConfig = Calibr
         },
         "sensitivity": {
             "keeps": list(config.sensitivity_keeps),
-            "kl": {pair: {str(l): c for l, c in curve.items()} for pair, curve in curves.items()},
+            "kl": {pair: {str(layer): c for layer, c in curve.items()} for pair, curve in curves.items()},
         },
         "importance_signal": _signal(table),
         "extra": config.extra,
-        "versions": provenance.versions(),
-        "created": provenance.now(),
+        "versions": versions(),
+        "created": now(),
     }
     summary["hash"] = provenance.json_hash(summary["hashes"])
     return Calibration(table, summary)
@@ -176,7 +176,8 @@ def load_summary(path: str | Path) -> dict:
         raise CalibrationError(f"calibration summary not found: {path} (run python -m search.calibrate first)")
     summary = json.loads(path.read_text())
     if summary.get("format") != FORMAT:
-        raise CalibrationError(f"{path}: not a calibration summary (format {summary.get('format')!r}, expected {FORMAT!r})")
+        raise CalibrationError(
+            f"{path}: not a calibration summary (format {summary.get('format')!r}, expected {FORMAT!r})")
     return summary
 
 
@@ -225,7 +226,7 @@ class _Collector:
 
 def _distribution(values: torch.Tensor, quantiles) -> dict[str, float]:
     qs = torch.quantile(values, torch.tensor(quantiles, dtype=values.dtype))
-    d = {f"q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, qs)}
+    d = {f"q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, qs, strict=True)}
     q25, q50, q75 = (float(torch.quantile(values, q)) for q in (0.25, 0.5, 0.75))
     mean, std = float(values.mean()), float(values.std()) if values.numel() > 1 else 0.0
     d.update(mean=mean, std=std, rel_iqr=(q75 - q25) / max(abs(q50), 1e-12))
@@ -263,7 +264,8 @@ def _check(input_ids: torch.Tensor, config: CalibrationConfig, shape: ModelShape
     for pair in config.sensitivity_pairs:
         metric, _, source = pair.partition("/")
         if metric not in IMPORTANCE_METRICS or source not in allowed:
-            raise CalibrationError(f"sensitivity pair {pair!r}: expected METRIC/SOURCE from {list(IMPORTANCE_METRICS)} / {list(allowed)}")
+            raise CalibrationError(f"sensitivity pair {pair!r}: expected METRIC/SOURCE from "
+                                   f"{list(IMPORTANCE_METRICS)} / {list(allowed)}")
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -281,13 +283,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m search.calibrate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="demo:mamba2, demo:mamba, a local directory or a hub id")
-    ap.add_argument("--text", default="demo", help="demo[:COUNT], a .txt/.jsonl/.json file, or hf:NAME[:CONFIG[:SPLIT]]")
+    ap.add_argument("--text", default="demo",
+                    help="demo[:COUNT], a .txt/.jsonl/.json file, or hf:NAME[:CONFIG[:SPLIT]]")
     ap.add_argument("--seed", type=int, default=None, help="seed of the demo text generator (default: its own)")
     ap.add_argument("--n-sequences", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--score-last", type=int, default=8)
     ap.add_argument("--keeps", type=_floats, default=(0.9, 0.8, 0.7), help="sensitivity keep ratios, e.g. 0.9,0.8,0.7")
-    ap.add_argument("--sensitivity-pairs", type=_strings, default=("clip/ssm_output",), help="e.g. clip/ssm_output,l1/scan_output")
+    ap.add_argument("--sensitivity-pairs", type=_strings, default=("clip/ssm_output",),
+                    help="e.g. clip/ssm_output,l1/scan_output")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)

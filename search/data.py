@@ -143,13 +143,16 @@ def _hf_documents(spec: str) -> list[str]:
     parts = spec[len("hf:") :].split(":")
     if not parts[0] or len(parts) > 3:
         raise DataError(f"text spec {spec!r}: expected hf:NAME[:CONFIG[:SPLIT]]")
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (parts[2] if len(parts) > 2 else "train")
+    name = parts[0]
+    config = parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 else "train"
     import datasets
 
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as err:  # offline, unknown name, ...: say which dataset, keep the cause
-        raise DataError(f"could not load Hugging Face dataset {name!r} (config {config}, split {split}): {err}") from err
+        raise DataError(
+            f"could not load Hugging Face dataset {name!r} (config {config}, split {split}): {err}") from err
     if "text" not in ds.column_names:
         raise DataError(f"dataset {name!r} has no 'text' column (columns: {ds.column_names})")
     return list(ds["text"])

@@ -1,11 +1,10 @@
-"""Hashes and versions that identify what a calibration file or a policy was computed from."""
+"""Hashes that identify what a calibration file or a policy was computed from (versions and dates:
+`utrc.io.versions` / `utrc.io.now`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -39,23 +38,3 @@ def file_hash(path: str | Path) -> str:
             h.update(block)
     return h.hexdigest()
 
-
-def versions() -> dict[str, str]:
-    """Versions of the packages a result depends on."""
-    import transformers
-
-    import utrc
-
-    out = {"python": platform.python_version(), "utrc": utrc.__version__, "torch": torch.__version__,
-           "transformers": transformers.__version__}
-    try:
-        import optuna
-
-        out["optuna"] = optuna.__version__
-    except ImportError:  # calibration does not need optuna
-        pass
-    return out
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

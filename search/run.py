@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-budget", type=parse_budget, default=None)
     g.add_argument("--quality", default="kl", choices=("kl", "dev_error", "kl+dev_error"))
     g.add_argument("--dev-error-weight", type=float, default=1.0)
-    g.add_argument("--dev-tasks", default="demo", help="lm-eval tasks for dev accuracy ('demo': the demo tasks' dev split)")
+    g.add_argument("--dev-tasks", default="demo",
+                   help="lm-eval tasks for dev accuracy ('demo': the demo tasks' dev split)")
     g.add_argument("--dev-limit", type=int, default=None, help="items per dev task")
     g.add_argument("--stale-after", type=float, default=900.0, help="seconds without a heartbeat after which a "
                    "RUNNING trial of a worker on another host counts as stale (workers on this host are asked "
@@ -192,7 +193,8 @@ def prepare(args) -> Prepared:
     shape = ModelShape.of(model)
     spec = ModelSpec.of(shape, args.model)
     layers = parse_layers(args.layers, shape.n_layer) if args.layers else default_layers(shape.n_layer)
-    importance = args.importance or tuple(f"{m}/{s}" for s in sources_of(shape.architecture) for m in IMPORTANCE_METRICS)
+    importance = args.importance or tuple(
+        f"{m}/{s}" for s in sources_of(shape.architecture) for m in IMPORTANCE_METRICS)
     space = SearchSpace(
         layers=layers, importance=importance, prune_share=args.prune_share_range,
         per_layer_prune_share=args.per_layer_prune_share, residual_strategies=args.residual_strategies,
@@ -206,7 +208,8 @@ def prepare(args) -> Prepared:
     check_reachable(shape, spec, space, budget)  # before the dev set is run
 
     if args.dev_unit == "window":
-        dev_ids, dev_lengths = windows(token_stream(docs, tokenizer), args.dev_sequences, args.dev_length, part="tail"), None
+        dev_ids = windows(token_stream(docs, tokenizer), args.dev_sequences, args.dev_length, part="tail")
+        dev_lengths = None
     else:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         dev_ids, dev_lengths = document_rows(docs, tokenizer, args.dev_sequences, args.dev_length, "tail", pad)

@@ -53,7 +53,7 @@ class SearchSpace:
         """Raise SpaceError naming the bad field unless the space fits a model of `shape`."""
         if not self.layers:
             raise SpaceError("searchable layers: empty; give at least one block index")
-        bad = [l for l in self.layers if not 0 <= l < shape.n_layer]
+        bad = [layer for layer in self.layers if not 0 <= layer < shape.n_layer]
         if bad:
             raise SpaceError(
                 f"searchable layers {bad} are outside the model: it has {shape.n_layer} blocks (0..{shape.n_layer - 1})"
@@ -74,7 +74,8 @@ class SearchSpace:
         lo, hi = self.prune_share
         if not 0.0 <= lo <= hi <= 1.0:
             raise SpaceError(f"prune_share range: expected 0 <= low <= high <= 1, got {self.prune_share}")
-        for name, values in (("residual strategies", self.residual_strategies), ("hidden strategies", self.hidden_strategies)):
+        for name, values in (("residual strategies", self.residual_strategies),
+                             ("hidden strategies", self.hidden_strategies)):
             if not values or any(v not in STRATEGIES for v in values):
                 raise SpaceError(f"{name}: expected a non-empty subset of {list(STRATEGIES)}, got {list(values)}")
         if self.keep_grid is not None and not 0.0 < self.keep_grid <= 0.1:
@@ -108,7 +109,7 @@ def parse_layers(text: str, n_layer: int) -> tuple[int, ...]:
                 out.add(int(part))
         except ValueError:
             raise SpaceError(f"searchable layers: cannot read {part!r} (expected e.g. '4-10,12' or '4-')") from None
-    bad = sorted(l for l in out if not 0 <= l < n_layer)
+    bad = sorted(layer for layer in out if not 0 <= layer < n_layer)
     if bad:
         raise SpaceError(f"searchable layers {bad} are outside the model: it has {n_layer} blocks (0..{n_layer - 1})")
     return tuple(sorted(out))
@@ -116,7 +117,7 @@ def parse_layers(text: str, n_layer: int) -> tuple[int, ...]:
 
 def reachable(shape: ModelShape, spec: ModelSpec, space: SearchSpace, budget: Budget) -> dict[str, float]:
     """{importance source of the space: the largest nominal reduction a policy with it reaches}.
-    The source matters: its width sets the cost of matching (SPEC §5)."""
+    The source matters: its width sets the cost of matching (docs/method.md §5)."""
     reach = {}
     for pair in space.importance:
         source = pair.partition("/")[2]
@@ -174,4 +175,4 @@ def paper_weights(space: SearchSpace, n_layer: int) -> dict[int, float] | None:
     layers = set(paper_layers(n_layer))
     if not layers <= set(space.layers):
         return None
-    return {l: (1.0 if l in layers else 0.0) for l in space.layers}
+    return {layer: (1.0 if layer in layers else 0.0) for layer in space.layers}

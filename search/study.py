@@ -38,15 +38,16 @@ from optuna.trial import TrialState
 
 from utrc import ModelShape, ModelSpec, Policy
 from utrc.budget import fit
+from utrc.io import now, versions
 from utrc.names import budget_tag
 from utrc.policy import paper_layers
 
-from . import provenance
 from .objective import DenseReference
 from .space import FEASIBILITY, Budget, SearchSpace, SpaceError, check_reachable, paper_weights
 from .storage import SEEDED, StorageError, fail_stale_trials, lineage, open_storage, worker_id
 
-PAPER_PARAMS = {"importance": "clip/ssm_output", "prune_share": 0.5, "residual_strategy": "merge", "hidden_strategy": "hybrid"}
+PAPER_PARAMS = {"importance": "clip/ssm_output", "prune_share": 0.5, "residual_strategy": "merge",
+                "hidden_strategy": "hybrid"}
 QUALITIES = ("kl", "dev_error", "kl+dev_error")
 
 
@@ -106,7 +107,7 @@ def register_worker(study: optuna.Study) -> dict:
     """Record this process in the study's user attrs (a trial killed before its first heartbeat is
     stale once every registered worker is gone, see `search.storage`) -> its id."""
     me = worker_id()
-    study.set_user_attr(f"worker {me['host']} {me['pid']} {me['start']}", dict(me, since=provenance.now()))
+    study.set_user_attr(f"worker {me['host']} {me['pid']} {me['start']}", dict(me, since=now()))
     return me
 
 
@@ -167,8 +168,8 @@ def create_or_resume(storage: str, study_name: str, config: StudyConfig, shape: 
                         "n_startup_trials": config.n_startup_trials,
                         "reseeded": "before each trial, from (seed, trial number)"},
             "objectives": ["quality_loss", "nominal_reduction"] if config.multi_objective else ["quality_loss"],
-            "versions": provenance.versions(),
-            "created": provenance.now(),
+            "versions": versions(),
+            "created": now(),
             "settings": settings,
         }
         for key, value in attrs.items():
@@ -207,25 +208,27 @@ def first_trials(config: StudyConfig, shape: ModelShape, calibration: dict | Non
     common, paper_ok = {}, True
     for key, value in PAPER_PARAMS.items():
         if not _param_in_space(space, key, value):
-            warnings.warn(f"the paper's {key}={value!r} is outside the search space: the paper trial is not enqueued")
+            warnings.warn(f"the paper's {key}={value!r} is outside the search space: the paper trial is not enqueued",
+                          stacklevel=2)
             paper_ok = False
         elif _is_searched(space, key):
             common[key] = value
     if space.per_layer_prune_share and paper_ok:
-        common.update({f"q_{l}": PAPER_PARAMS["prune_share"] for l in space.layers})
+        common.update({f"q_{layer}": PAPER_PARAMS["prune_share"] for layer in space.layers})
     if config.multi_objective:
         common["target"] = config.budget.reduction
     paper = paper_weights(space, shape.n_layer)
     if paper is None:
-        warnings.warn(f"paper layers {list(paper_layers(shape.n_layer))} are not all searchable: paper trial not enqueued")
+        warnings.warn(f"paper layers {list(paper_layers(shape.n_layer))} are not all searchable: "
+                      "paper trial not enqueued", stacklevel=2)
     elif paper_ok:
-        out.append(({**{f"w_{l}": w for l, w in paper.items()}, **common}, "utrc-paper"))
+        out.append(({**{f"w_{layer}": w for layer, w in paper.items()}, **common}, "utrc-paper"))
     prior = prior_weights(calibration, space.layers)
     if prior is not None and space.weight_step:
-        prior = {l: round(round(w / space.weight_step) * space.weight_step, 6) for l, w in prior.items()}
+        prior = {layer: round(round(w / space.weight_step) * space.weight_step, 6) for layer, w in prior.items()}
     if prior is not None:
-        out.append(({**{f"w_{l}": w for l, w in prior.items()}, **common}, "calibration"))
-    out.append(({**{f"w_{l}": 1.0 for l in space.layers}, **common}, "uniform"))
+        out.append(({**{f"w_{layer}": w for layer, w in prior.items()}, **common}, "calibration"))
+    out.append(({**{f"w_{layer}": 1.0 for layer in space.layers}, **common}, "uniform"))
     return out
 
 
@@ -236,11 +239,11 @@ def prior_weights(calibration: dict | None, layers) -> dict[int, float] | None:
         return None
     curves = calibration["sensitivity"]["kl"]
     pair = PAPER_PARAMS["importance"] if PAPER_PARAMS["importance"] in curves else next(iter(curves), None)
-    if pair is None or not all(str(l) in curves[pair] for l in layers):
+    if pair is None or not all(str(layer) in curves[pair] for layer in layers):
         return None
-    sens = {l: sum(curves[pair][str(l)]) / len(curves[pair][str(l)]) + 1e-6 for l in layers}
+    sens = {layer: sum(curves[pair][str(layer)]) / len(curves[pair][str(layer)]) + 1e-6 for layer in layers}
     low = min(sens.values())
-    return {l: round(low / s, 6) for l, s in sens.items()}
+    return {layer: round(low / s, 6) for layer, s in sens.items()}
 
 
 def space_from_calibration(space: SearchSpace, calibration: dict | None) -> SearchSpace:
@@ -291,7 +294,7 @@ class Objective:
     def policy(self, trial) -> tuple[Policy, object]:
         """Sample (or replay) a trial's parameters -> (policy on the budget, utrc.budget.Fitted)."""
         space, budget = self.config.space, self.config.budget
-        weights = {l: trial.suggest_float(f"w_{l}", 0.0, 1.0, step=space.weight_step) for l in space.layers}
+        weights = {layer: trial.suggest_float(f"w_{layer}", 0.0, 1.0, step=space.weight_step) for layer in space.layers}
         pair = _categorical(trial, "importance", space.importance)
         metric, source = pair.split("/")
         lo, hi = space.prune_share
@@ -299,8 +302,8 @@ class Objective:
         q = round(trial.suggest_float("prune_share", lo, hi, step=space.prune_share_step), 6) if lo < hi else lo
         per_layer = None
         if space.per_layer_prune_share:
-            per_layer = {l: round(trial.suggest_float(f"q_{l}", lo, hi, step=space.prune_share_step), 6)
-                         for l in space.layers}
+            per_layer = {layer: round(trial.suggest_float(f"q_{layer}", lo, hi, step=space.prune_share_step), 6)
+                         for layer in space.layers}
         base = Policy(
             method="utrc", model=self.spec, prune_share=q, importance=metric, importance_source=source,
             hidden_strategy=_categorical(trial, "hidden_strategy", space.hidden_strategies),
@@ -335,7 +338,10 @@ class Objective:
         if self.config.quality != "kl":
             acc = float(self.accuracy(policy))
             attrs["dev_accuracy"] = acc
-            quality = (1.0 - acc) if self.config.quality == "dev_error" else score.kl + self.config.dev_error_weight * (1.0 - acc)
+            if self.config.quality == "dev_error":
+                quality = 1.0 - acc
+            else:
+                quality = score.kl + self.config.dev_error_weight * (1.0 - acc)
         attrs["seconds"] = time.perf_counter() - t0
         values = [quality, projected.reduction] if self.config.multi_objective else [quality]
         self.last = Result(trial.number, values, attrs, dict(trial.params), dict(trial.distributions))
@@ -388,7 +394,8 @@ def keep_late_result(study: optuna.Study, result: Result) -> str:
             f"{len(study.get_trials(deepcopy=False)) - 1}")
 
 
-def run(study: optuna.Study, objective: Objective, n_trials: int, progress: Callable[[str], None] | None = print) -> int:
+def run(study: optuna.Study, objective: Objective, n_trials: int,
+        progress: Callable[[str], None] | None = print) -> int:
     """Run trials until the study holds `n_trials` COMPLETE trials -> COMPLETE trials now.
     `progress` gets a line every 10th trial: its objective values by name and the study's best so far."""
     names = objective.config.metric_names()
@@ -500,7 +507,8 @@ def _shape_dict(shape: ModelShape) -> dict:
 def _calibration_ref(calibration: dict | None) -> dict | None:
     if not calibration:
         return None
-    return {"hash": calibration["hash"], "path": calibration.get("_path"), "file_sha256": calibration.get("_file_sha256")}
+    return {"hash": calibration["hash"], "path": calibration.get("_path"),
+            "file_sha256": calibration.get("_file_sha256")}
 
 
 def _check_same(study_name: str, storage: str, stored: dict, given: dict) -> None:

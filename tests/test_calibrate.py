@@ -13,8 +13,8 @@ from transformers import Mamba2ForCausalLM, PreTrainedTokenizerFast
 from search import calibrate as cal_mod
 from search.calibrate import CalibrationConfig, CalibrationError, calibrate, load_summary, save
 from search.data import DataError, document_rows, load_documents, token_stream, windows
-from search.study import space_from_calibration
 from search.space import SearchSpace
+from search.study import space_from_calibration
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, apply
 
 WORDS = ["<|endoftext|>", "<|padding|>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 3)]
@@ -54,7 +54,8 @@ def test_statistics_cover_every_layer_source_and_metric(architecture):
     model = tiny_model(architecture, n_layer=5)
     cal = calibrate(model, ids(), CONFIG, model_name="tiny")
     t = cal.table
-    sources = {"mamba2": {"ssm_output", "scan_output", "mixer_output"}, "mamba": {"ssm_output", "mixer_output"}}[architecture]
+    sources = {"mamba2": {"ssm_output", "scan_output", "mixer_output"},
+               "mamba": {"ssm_output", "mixer_output"}}[architecture]
     for kind in ("importance", "match"):
         part = t[t.kind == kind]
         assert set(part.source) == sources
@@ -96,14 +97,15 @@ def test_reducing_after_the_last_block_never_changes_scored_positions():
 
 
 def test_gated_norm_with_unit_weights_makes_l2_uninformative():
-    """SPEC §1: after Mamba-2's gated RMSNorm with unit weights every token has the same l2 score."""
+    """docs/method.md §1: after Mamba-2's gated RMSNorm with unit weights every token has the same l2 score."""
     torch.manual_seed(0)
     model = Mamba2ForCausalLM(tiny_config("mamba2", n_layer=3)).eval()  # norm weights all ones
     cal = calibrate(model, ids(), CalibrationConfig(score_last=4, sensitivity_keeps=(0.8,)))
     signal = cal.summary["importance_signal"]
     assert not signal["l2/ssm_output"]["informative"]
     assert signal["clip/ssm_output"]["informative"] and signal["l2/scan_output"]["informative"]
-    space = space_from_calibration(SearchSpace(layers=(1,), importance=("l2/ssm_output", "clip/ssm_output")), cal.summary)
+    space = space_from_calibration(SearchSpace(layers=(1,), importance=("l2/ssm_output", "clip/ssm_output")),
+                                   cal.summary)
     assert space.importance == ("clip/ssm_output",)
     assert "l2/ssm_output" in space.notes[0]
 

@@ -65,7 +65,8 @@ def test_shipped_items_are_the_generators():
         for task in tasks.TASKS:
             data = generator.jsonl(task, split)
             shipped = gzip.decompress((tasks.DATA / split / f"{task}.jsonl.gz").read_bytes())
-            assert shipped == data, f"{split}/{task}: the shipped items differ from the generator's; run python -m demo.tasks"
+            assert shipped == data, (
+                f"{split}/{task}: the shipped items differ from the generator's; run python -m demo.tasks")
             assert manifest["sha256"][f"{split}/{task}.jsonl"] == hashlib.sha256(data).hexdigest()
 
 
@@ -194,7 +195,8 @@ def test_task_manager_builds_lm_eval_requests(cache):
 def test_concurrent_first_use_writes_one_directory(cache):
     code = "from utrc.demo.tasks import task_dir; print(task_dir('dev', 5))"
     env = {**os.environ, "UTRC_CACHE": str(cache)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
     outs = [p.communicate()[0].strip().splitlines()[-1] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len(set(outs)) == 1

@@ -143,7 +143,8 @@ def test_reduction_step_costs():
     assert feature_width(s, Policy.paper(ModelSpec.of(s), 0.9, importance_source="mixer_output")) == d
     # at the same keep, evit sees the same tokens and pays for scores only
     spec = ModelSpec.of(s)
-    evit = estimate_flops(s, Policy(method="evit", model=spec, layers={l: LayerSpec(0.9) for l in paper_layers(64)}))
+    evit_layers = {layer: LayerSpec(0.9) for layer in paper_layers(64)}
+    evit = estimate_flops(s, Policy(method="evit", model=spec, layers=evit_layers))
     full = estimate_flops(s, Policy.paper(spec, 0.9))
     assert evit["tokens_per_layer"] == full["tokens_per_layer"] and evit["reduced"] < full["reduced"]
 
@@ -163,7 +164,7 @@ def test_cli_prints_paper_proxy():
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     assert "mamba2-2.7b" in out and "mamba-2.8b" not in out
-    line = next(l for l in out.splitlines() if "0.905" in l)
+    line = next(row for row in out.splitlines() if "0.905" in row)
     assert "proxy 0.298" in line
 
 

@@ -30,8 +30,8 @@ from utrc.evaluation import (
     write_results,
 )
 from utrc.flops import estimate_flops, realized_flops
-from utrc.lm_eval import UtrcLM, rows_at_positions
 from utrc.generation import greedy_generate
+from utrc.lm_eval import UtrcLM, rows_at_positions
 
 DATA = Path(__file__).parent / "data" / "lm_eval"
 TASKS = [*BENCHMARKS, "wikitext"]
@@ -110,7 +110,8 @@ def task_manager(tmp_path_factory):
 
 def per_request(results):
     """{task: [per-request responses of each doc, in doc order]}."""
-    return {t: [s["resps"] for s in sorted(samples, key=lambda s: s["doc_id"])] for t, samples in results["samples"].items()}
+    return {t: [s["resps"] for s in sorted(samples, key=lambda s: s["doc_id"])]
+            for t, samples in results["samples"].items()}
 
 
 def run(model, model_args, task_manager, tasks=TASKS, **kw):
@@ -277,7 +278,8 @@ def test_set_policy_switches_scoring_without_reloading(tiny, tmp_path):
     model_dir, policy_file, _ = tiny
     lm = UtrcLM(pretrained=model_dir, policy="dense", device="cpu", batch_size=2)
     loaded = lm.model
-    instances = [Instance("loglikelihood", {}, ("a context of some length, long enough to reduce", " and its end"), 0, ("t", 0, 1))]
+    request = ("a context of some length, long enough to reduce", " and its end")
+    instances = [Instance("loglikelihood", {}, request, 0, ("t", 0, 1))]
     dense = lm.loglikelihood(instances)
     lm.set_policy(Policy.load(policy_file))
     reduced = lm.loglikelihood(instances)
@@ -295,7 +297,8 @@ def test_set_policy_switches_scoring_without_reloading(tiny, tmp_path):
 def test_realized_flops_agree_with_estimate_flops(method):
     m = tiny_model("mamba2", n_layer=6)
     shape = ModelShape.of(m)
-    policy = Policy(method=method, model=ModelSpec.of(shape), layers={0: LayerSpec(0.7), 3: LayerSpec(0.5), 5: LayerSpec(0.6)})
+    policy = Policy(method=method, model=ModelSpec.of(shape),
+                    layers={0: LayerSpec(0.7), 3: LayerSpec(0.5), 5: LayerSpec(0.6)})
     ids = torch.randint(3, 60, (3, 40))
     mask = torch.ones(3, 40, dtype=torch.long)
     mask[1, 31:] = 0
@@ -303,7 +306,7 @@ def test_realized_flops_agree_with_estimate_flops(method):
     protect = torch.tensor([1, 6, 17])
     out = apply(m, policy)(ids, protect_last=protect, attention_mask=mask)
     got = realized_flops(shape, policy, out.tokens_per_layer.tolist(), protect.tolist(), out.lengths.tolist())
-    for (dense, reduced), n, k in zip(got, [40, 31, 17], protect.tolist()):
+    for (dense, reduced), n, k in zip(got, [40, 31, 17], protect.tolist(), strict=True):
         est = estimate_flops(shape, policy, seq_len=n, protect_last=k)
         assert (dense, reduced) == (est["dense"], est["reduced"])
     with pytest.raises(ValueError, match="block 1"):  # a drop where the policy does not reduce
@@ -330,7 +333,7 @@ def test_continuations_are_scored_from_their_own_positions(tiny):
     scores = [ll for ll, _ in lm.loglikelihood(instances)]  # one batch: rows of different lengths, padded
 
     reduced, dense_logits = apply(lm.model, aggressive), []
-    for (ctx, cont), score in zip(pairs, scores):
+    for (ctx, cont), score in zip(pairs, scores, strict=True):
         c, k = tok(ctx).input_ids, tok(cont).input_ids
         ids = torch.tensor([c + k[:-1]])
         n = ids.shape[1]
@@ -341,7 +344,7 @@ def test_continuations_are_scored_from_their_own_positions(tiny):
         positions = out.positions[0].tolist()
         assert out.lengths.item() < n or len(c) == 1  # the context was reduced ...
         rows = [positions.index(p) for p in scored]  # ... but every scored position survives
-        expected = sum(float(out.logits[0, r].log_softmax(-1)[t]) for r, t in zip(rows, k))
+        expected = sum(float(out.logits[0, r].log_softmax(-1)[t]) for r, t in zip(rows, k, strict=True))
         assert score == pytest.approx(expected, rel=1e-4)
         if len(c) > 1:  # the scored rows moved: reading the original indices would score other tokens
             assert rows != list(scored)
@@ -393,7 +396,8 @@ def test_generation_reduced_prefill_then_cached_decoding(tiny, tmp_path):
     dense = run("utrc", f"pretrained={model_dir},policy=dense,device=cpu", tm, tasks=["tiny_generation"], batch_size=4)
     assert per_request(dense) == per_request(hf)  # the cached decode is HF's greedy generate
 
-    reduced = run("utrc", f"pretrained={model_dir},policy={policy_file},device=cpu", tm, tasks=["tiny_generation"], batch_size=4)
+    reduced = run("utrc", f"pretrained={model_dir},policy={policy_file},device=cpu", tm, tasks=["tiny_generation"],
+                  batch_size=4)
     realized = reduced["config"]["utrc"]["realized"]["tiny_generation"]
     assert realized["requests"] == n_lines("lambada_openai") and realized["flops_reduction"] > 0.0
 
@@ -429,7 +433,8 @@ def test_missing_policy_file(tiny, task_manager, tmp_path):
 def test_policy_for_another_model(tiny, task_manager, tmp_path):
     model_dir, _, model = tiny
     shape = ModelShape.of(model)
-    other = Policy.paper(ModelSpec(name="state-spaces/mamba2-2.7b", architecture=shape.architecture, n_layer=64, d_model=2560), 0.9)
+    other = Policy.paper(ModelSpec(name="state-spaces/mamba2-2.7b", architecture=shape.architecture, n_layer=64,
+                                   d_model=2560), 0.9)
     path = other.save(tmp_path / "other.json")
     with pytest.raises(PolicyError, match="model.n_layer: the policy was made for 64 but the model has 4"):
         evaluate(model_dir, path, ["piqa"], task_manager=task_manager)

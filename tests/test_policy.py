@@ -1,4 +1,4 @@
-"""The policy file: round trip, and a PolicyError naming the field for every invalid input (SPEC §3)."""
+"""The policy file: round trip, and a PolicyError naming the field for every invalid input (docs/method.md §3)."""
 
 import copy
 import json

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy
 from utrc.profile import budget_policy, main, profile
 from utrc.shapes import PAPER_SHAPES
-
-from conftest import tiny_model
 
 
 def test_profile_on_the_cpu_measures_dense_and_policies(one_thread):

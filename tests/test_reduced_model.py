@@ -1,12 +1,11 @@
-"""The reduced forward pass on tiny random models of both architectures (SPEC §1, §4)."""
+"""The reduced forward pass on tiny random models of both architectures (docs/method.md §1, §4)."""
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_model
 
 from utrc import LayerSpec, ModelShape, ModelSpec, Policy, PolicyError, apply
 from utrc.counts import removal_count
-
-from conftest import VOCAB, tiny_model
 
 METHODS = ["utrc", "evit", "tome"]
 

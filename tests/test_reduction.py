@@ -1,4 +1,4 @@
-"""The reduction step on hand-made tensors: SPEC §1 steps 1-8 and the baselines of §2."""
+"""The reduction step on hand-made tensors: docs/method.md §1 steps 1-8 and the baselines of §2."""
 
 import math
 

@@ -38,10 +38,10 @@ PAPER_LAYERS = (12, 17, 22, 27, 32, 37, 42)
 def _policy(method: str, tag: str, d_model: int = 2560) -> dict:
     budget = BUDGETS[tag]
     if method == "utrc-searched":
-        layers = {str(l): {"keep": round(1 - budget * (0.6 + 0.1 * (i % 3)), 3)}
-                  for i, l in enumerate(range(10, 50, 4))}
+        layers = {str(layer): {"keep": round(1 - budget * (0.6 + 0.1 * (i % 3)), 3)}
+                  for i, layer in enumerate(range(10, 50, 4))}
     else:
-        layers = {str(l): {"keep": round(1 - budget / 2, 3)} for l in PAPER_LAYERS}
+        layers = {str(layer): {"keep": round(1 - budget / 2, 3)} for layer in PAPER_LAYERS}
     return {
         "format": "utrc-policy/1", "method": METHODS[method],
         "model": {"name": MODEL, "architecture": "mamba2", "n_layer": N_LAYER, "d_model": d_model},
@@ -70,8 +70,8 @@ def _results(method: str, tag: str | None, average: float, realized_scale: float
         }
     tokens = [2048] * N_LAYER
     if tag is not None:
-        for l in range(12, N_LAYER):
-            tokens[l] = int(2048 * (1 - nominal * min(1.0, (l - 11) / 30)))
+        for layer in range(12, N_LAYER):
+            tokens[layer] = int(2048 * (1 - nominal * min(1.0, (layer - 11) / 30)))
     return {
         "format": "utrc-results/1", "model": MODEL, "method": "dense" if tag is None else METHODS[method],
         "policy": {}, "policy_file": None, "tasks": tasks, "average": average, "average_over": list(TASKS),

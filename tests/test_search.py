@@ -106,7 +106,8 @@ def test_cached_objective_equals_the_public_reduced_model(architecture):
     spec = ModelSpec.of(ModelShape.of(model))
     x = dev_ids()
     ref = DenseReference(model, x, score_last=4, start_layer=2, batch_size=4)
-    policy = Policy(method="utrc", model=spec, layers={2: LayerSpec(0.6), 4: LayerSpec(0.75)}, residual_strategy="hybrid")
+    policy = Policy(method="utrc", model=spec, layers={2: LayerSpec(0.6), 4: LayerSpec(0.75)},
+                    residual_strategy="hybrid")
     with torch.no_grad():
         dense = torch.log_softmax(model(x).logits[:, -4:].float(), -1)
         reduced = torch.log_softmax(apply(model, policy)(x, protect_last=4).logits[:, -4:], -1)
@@ -129,7 +130,7 @@ def test_cached_objective_on_padded_document_rows():
     policy = Policy(method="utrc", model=spec, layers={1: LayerSpec(0.7), 3: LayerSpec(0.6)})
     kls = []
     with torch.no_grad():
-        for row, n in zip(x, lengths.tolist()):
+        for row, n in zip(x, lengths.tolist(), strict=True):
             one = row[None, :n]
             dense = torch.log_softmax(model(one).logits[:, -3:].float(), -1)
             reduced = torch.log_softmax(apply(model, policy)(one, protect_last=3).logits[:, -3:], -1)
@@ -178,8 +179,9 @@ def test_study_starts_from_the_paper_schedule_and_keeps_every_trial_on_budget(tm
     pareto = pd.read_csv(paths["pareto"])
     assert study.best_trial.number in set(pareto.number)
     for _, row in pareto.iterrows():  # nobody dominates a front member
-        better = trials[(trials.quality_loss <= row.quality_loss) & (trials.nominal_reduction >= row.nominal_reduction)
-                        & ((trials.quality_loss < row.quality_loss) | (trials.nominal_reduction > row.nominal_reduction))]
+        no_worse = (trials.quality_loss <= row.quality_loss) & (trials.nominal_reduction >= row.nominal_reduction)
+        better_somewhere = (trials.quality_loss < row.quality_loss) | (trials.nominal_reduction > row.nominal_reduction)
+        better = trials[no_worse & better_somewhere]
         assert better.empty
 
 
@@ -192,7 +194,8 @@ def test_export_of_several_seeds_chooses_on_the_dev_set(tmp_path):
         study = create_or_resume(str(tmp_path / f"seed{seed}.journal"), f"tiny-seed{seed}", cfg, ModelShape.of(model),
                                  ModelSpec.of(ModelShape.of(model), "tiny"))
         spec = ModelSpec.of(ModelShape.of(model), "tiny")
-        run(study, Objective(cfg, DenseReference(model, dev_ids(), score_last=4, start_layer=2), spec), 5, progress=None)
+        reference = DenseReference(model, dev_ids(), score_last=4, start_layer=2)
+        run(study, Objective(cfg, reference, spec), 5, progress=None)
         studies.append((str(tmp_path / f"seed{seed}.journal"), f"tiny-seed{seed}", study.best_value))
     paths = export([s[:2] for s in studies], "tiny", tmp_path / "out")
     chosen = Policy.load(paths["utrc-searched"]).provenance

@@ -69,7 +69,7 @@ def utrc_removed(scores, feats, prefix, r):
     a_set, b_set = order[: prefix // 2], sorted(order[prefix // 2 :])
 
     def cos(i, j):
-        dot = sum(p * q for p, q in zip(feats[i], feats[j]))
+        dot = sum(p * q for p, q in zip(feats[i], feats[j], strict=True))
         return dot / (math.sqrt(sum(p * p for p in feats[i])) * math.sqrt(sum(q * q for q in feats[j])))
 
     best = {a: max(cos(a, b) for b in b_set) for a in a_set}

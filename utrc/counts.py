@@ -1,4 +1,4 @@
-"""How many tokens a reduction layer removes, and how many of those it prunes (SPEC §1 steps 1 and 6).
+"""How many tokens a reduction layer removes, and how many of those it prunes (docs/method.md §1 steps 1 and 6).
 
 The same formulas serve the reduced forward pass (tensors, one count per batch row) and the FLOPs
 model (plain ints), so the two can never disagree.

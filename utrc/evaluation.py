@@ -1,4 +1,4 @@
-"""Evaluate a (model, policy) pair on lm-eval tasks and write one results file (SPEC §4).
+"""Evaluate a (model, policy) pair on lm-eval tasks and write one results file (docs/method.md §4).
 
     doc = evaluate("demo:mamba2", "policy.json", "demo")     # the six demo tasks, split "test"
     write_results(doc, "results/demo_mamba2/policy.json")
@@ -26,7 +26,6 @@ import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import transformers
 
 from . import __version__
 from .flops import estimate_flops
-from .io import atomic_write_json
+from .io import atomic_write_json, now
 from .names import BENCHMARKS, DEMO_TASKS, PAPER_EXTRA_METRICS, PAPER_METRICS
 from .policy import Policy
 from .shapes import ModelShape
@@ -240,7 +239,7 @@ def results_document(
         "seed": seed if seed is not None else config.get("random_seed"),
         "batch_size": batch_size if batch_size is not None else config.get("batch_size"),
         "limit": limit if limit is not None else config.get("limit"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "elapsed_s": elapsed_s,
     }
 
@@ -289,7 +288,8 @@ def device_name(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"CPU, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores ({model})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU, {cores} cores ({model})"
 
 
 def write_results(doc: Mapping, path: str | Path) -> Path:
@@ -369,7 +369,8 @@ def local_task_manager(data_files: Mapping[str, str | Path | Mapping[str, str | 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m utrc.evaluation", description="Evaluate a policy; write a utrc-results/1 file.")
+    ap = argparse.ArgumentParser(prog="python -m utrc.evaluation",
+                                 description="Evaluate a policy; write a utrc-results/1 file.")
     ap.add_argument("--model", required=True, help="model reference (directory, hub id, demo:mamba2, demo:mamba)")
     ap.add_argument("--policy", required=True, help="policy file, or 'dense'")
     ap.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, or 'benchmarks' / 'demo'")

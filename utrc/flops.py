@@ -1,4 +1,4 @@
-"""Analytic FLOPs of a Mamba / Mamba-2 prefill, dense and token-reduced (SPEC §5).
+"""Analytic FLOPs of a Mamba / Mamba-2 prefill, dense and token-reduced (docs/method.md §5).
 
 In the spirit of nanoGPT's `estimate_mfu`: every term is written out from the ops that run
 (transformers' `MambaMixer` / `Mamba2Mixer`, which follow the mamba_ssm reference), per token of
@@ -132,7 +132,6 @@ def block_flops(shape: ModelShape, seq_len: int) -> float:
     d, e, n, K, L = shape.d_model, shape.d_inner, shape.d_state, shape.d_conv, seq_len
     norm_and_residual = L * (_rmsnorm(d) + d)
     if shape.architecture == "mamba":
-        R = shape.dt_rank
         per_token = (
             e * (2 * K + 2)  # conv1d MACs, bias, silu
             + 2 * e  # dt bias, softplus
@@ -202,11 +201,11 @@ def _schedule(n_layer: int, policy: Policy, seq_len: int, protect_last: int):
     shortens blocks l+1 onward."""
     layers = policy.reduction_layers()
     n, counts, steps = seq_len, [], []
-    for l in range(n_layer):
+    for block in range(n_layer):
         counts.append(n)
-        if l in layers:
+        if block in layers:
             prefix = max(0, n - protect_last)
-            r = removal_count(prefix, layers[l][0])
+            r = removal_count(prefix, layers[block][0])
             if r > 0:
                 steps.append((prefix, r))
                 n -= r
@@ -275,17 +274,17 @@ def realized_flops(
         n = column[0]
         dense = shape.n_layer * block_flops(shape, n) + head_flops(shape, n)
         reduced = head_flops(shape, out[b])
-        for l in range(shape.n_layer):
-            reduced += block_flops(shape, column[l])
-            removed = column[l] - column[l + 1]
+        for block in range(shape.n_layer):
+            reduced += block_flops(shape, column[block])
+            removed = column[block] - column[block + 1]
             if removed == 0:
                 continue
-            if l not in reducing or removed < 0:
+            if block not in reducing or removed < 0:
                 raise ValueError(
-                    f"row {b}: {column[l]} tokens after block {l} became {column[l + 1]}, which policy "
+                    f"row {b}: {column[block]} tokens after block {block} became {column[block + 1]}, which policy "
                     f"{policy.method} with layers {sorted(reducing)} cannot produce"
                 )
-            reduced += reduction_flops(shape, policy.method, column[l] - protect[b], removed, width)
+            reduced += reduction_flops(shape, policy.method, column[block] - protect[b], removed, width)
         result.append((dense, reduced))
     return result
 

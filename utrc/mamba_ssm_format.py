@@ -23,7 +23,6 @@ only tensors, so the output loads with ``weights_only=True``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any

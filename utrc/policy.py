@@ -63,8 +63,8 @@ def paper_layers(n_layer: int) -> tuple[int, ...]:
     """
     if n_layer in PAPER_LAYERS:
         return PAPER_LAYERS[n_layer]
-    scaled = sorted({round(l * n_layer / 64) for l in PAPER_LAYERS[64]})
-    return tuple(l for l in scaled if 0 <= l < n_layer)
+    scaled = sorted({round(layer * n_layer / 64) for layer in PAPER_LAYERS[64]})
+    return tuple(layer for layer in scaled if 0 <= layer < n_layer)
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Policy:
     @classmethod
     def paper(cls, model: ModelSpec, keep: float, **overrides) -> "Policy":
         """The authors' hand-set schedule: one keep ratio at `paper_layers(n_layer)`."""
-        layers = {l: LayerSpec(keep) for l in paper_layers(model.n_layer)}
+        layers = {layer: LayerSpec(keep) for layer in paper_layers(model.n_layer)}
         return cls(method="utrc", model=model, layers=layers, **overrides)
 
     @classmethod

@@ -106,7 +106,7 @@ def budget_policy(spec: str, shape: ModelShape, name: str = "", seq_len: int = 2
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:
+def median_time(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Median wall time of `fn()`: CUDA events on a GPU, perf_counter on the CPU."""
     for _ in range(warmup):
         fn()
@@ -295,11 +295,11 @@ def _measure(row, name, prefill, generate, x_mem, x_pre, x_gen, new_tokens, meas
                                 f"memory {variant} at batch {x_mem.shape[0]}")
             say(f"[utrc.profile] {name}: peak memory ({variant}) {_fmt(row[key], 'GiB')}")
     if "prefill" in measure:
-        row["prefill_s"] = _time(lambda: prefill(x_pre), device, repeats, warmup)
+        row["prefill_s"] = median_time(lambda: prefill(x_pre), device, repeats, warmup)
         row["prefill_tokens_per_s"] = x_pre.numel() / row["prefill_s"]
         say(f"[utrc.profile] {name}: prefill {row['prefill_s']:.4g} s")
     if "generate" in measure and name != "transformers-dense":
-        row["generate_s"] = _time(lambda: generate(x_gen, new_tokens), device, max(1, repeats // 2), 1)
+        row["generate_s"] = median_time(lambda: generate(x_gen, new_tokens), device, max(1, repeats // 2), 1)
         row["generate_tokens_per_s"] = x_gen.shape[0] * new_tokens / row["generate_s"]
         say(f"[utrc.profile] {name}: generate {row['generate_s']:.4g} s")
     if trace and device.type == "cuda" and "prefill" in measure:

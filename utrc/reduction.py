@@ -1,4 +1,4 @@
-"""One reduction layer: score tokens, match them, and apply one plan to every tensor (SPEC §1, §2).
+"""One reduction layer: score tokens, match them, and apply one plan to every tensor (docs/method.md §1, §2).
 
 The shape follows ToMe's `merge.py`: a matching function looks at the importance source once and
 returns a `ReductionPlan`; the plan then shortens the hidden branch, the residual branch, the token
@@ -26,7 +26,7 @@ from .counts import prune_count, prune_counts, removal_count, removal_counts
 
 
 def importance_scores(source: torch.Tensor, metric: str) -> torch.Tensor:
-    """Per-token importance of `source` [B, N, C] -> [B, N] float32 (SPEC §1 step 2).
+    """Per-token importance of `source` [B, N, C] -> [B, N] float32 (docs/method.md §1 step 2).
     clip / l1 / signed are exact in the source's dtype and accumulate in float32, so a bf16 source
     is never copied to float32 whole (a [16, 2048, 5120] copy per layer on the 2.7B shape)."""
     if metric == "clip":
@@ -53,7 +53,7 @@ class RowCounts:
 
     lengths: tuple[int, ...]  # real tokens per row before the layer
     prefix: tuple[int, ...]  # reducible prefix P per row
-    removed: tuple[int, ...]  # r per row (SPEC §1 step 1)
+    removed: tuple[int, ...]  # r per row (docs/method.md §1 step 1)
 
     @classmethod
     def of(cls, lengths, protect, keep: float) -> "RowCounts":
@@ -69,7 +69,7 @@ class RowCounts:
 
     @property
     def new_lengths(self) -> tuple[int, ...]:
-        return tuple(n - r for n, r in zip(self.lengths, self.removed))
+        return tuple(n - r for n, r in zip(self.lengths, self.removed, strict=True))
 
     def merges(self, strategy: str, prune_share: float) -> bool:
         """Whether a branch with this strategy merges any token (else it only drops rows)."""
@@ -150,7 +150,8 @@ class ReductionPlan:
         dst_rows = (self.new_index.gather(1, self.dst).clamp(min=0) + batch * Np).reshape(-1)
         return src_rows, dst_rows
 
-    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor, merges: bool) -> torch.Tensor:
+    def _merge_and_gather(self, x: torch.Tensor, sizes: torch.Tensor, merge: torch.Tensor,
+                          merges: bool) -> torch.Tensor:
         out = self._gather(x)  # [B, N', D]
         if not merges:
             return out
@@ -293,7 +294,7 @@ def utrc_plan(
     residual_strategy: str = "merge",
     counts: RowCounts | None = None,
 ) -> ReductionPlan:
-    """UTRC (SPEC §1 steps 1-7).
+    """UTRC (docs/method.md §1 steps 1-7).
 
     scores [B, N] float32, features [B, N, C], lengths [B] real tokens, protect [B] protected suffix.
     counts: the same lengths on the host (`RowCounts.of(lengths, protect, keep)`, computed here if

@@ -37,31 +37,20 @@ class ModelShape:
         model_type = getattr(config, "model_type", None)
         d_model = config.hidden_size
         d_inner = int(config.expand * d_model)
+        if model_type not in ("mamba", "mamba2"):
+            raise ValueError(f"not a Mamba or Mamba-2 config: model_type={model_type!r}")
+        common = dict(
+            architecture=model_type,
+            n_layer=config.num_hidden_layers,
+            d_model=d_model,
+            vocab_size=config.vocab_size,
+            d_inner=d_inner,
+            d_state=config.state_size,
+            d_conv=config.conv_kernel,
+        )
         if model_type == "mamba":
-            return cls(
-                architecture="mamba",
-                n_layer=config.num_hidden_layers,
-                d_model=d_model,
-                vocab_size=config.vocab_size,
-                d_inner=d_inner,
-                d_state=config.state_size,
-                d_conv=config.conv_kernel,
-                dt_rank=int(config.time_step_rank),
-            )
-        if model_type == "mamba2":
-            return cls(
-                architecture="mamba2",
-                n_layer=config.num_hidden_layers,
-                d_model=d_model,
-                vocab_size=config.vocab_size,
-                d_inner=d_inner,
-                d_state=config.state_size,
-                d_conv=config.conv_kernel,
-                headdim=config.head_dim,
-                ngroups=config.n_groups,
-                chunk_size=config.chunk_size,
-            )
-        raise ValueError(f"not a Mamba or Mamba-2 config: model_type={model_type!r}")
+            return cls(**common, dt_rank=int(config.time_step_rank))
+        return cls(**common, headdim=config.head_dim, ngroups=config.n_groups, chunk_size=config.chunk_size)
 
     @classmethod
     def of(cls, model) -> "ModelShape":

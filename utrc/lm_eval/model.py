@@ -3,7 +3,7 @@
 Everything lm-eval does around the model is HFLM's own code: tokenisation and the context /
 continuation split (`TemplateLM.loglikelihood`), rolling windows (`loglikelihood_rolling`),
 generation batching, stop sequences and post-processing (`generate_until`), device and batch-size
-handling. Three things change (SPEC §4):
+handling. Three things change (docs/method.md §4):
 
 * `_loglikelihood_tokens` runs the reduced model. Each request's input is
   `(context + continuation)[:-1]` left-truncated to `max_length`; its last `len(continuation)`
@@ -35,11 +35,11 @@ from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
 from ..flops import realized_flops
+from ..generation import greedy_generate
 from ..loading import load_model
 from ..policy import ModelSpec, Policy, PolicyError
 from ..reduced import apply
 from ..shapes import ModelShape
-from ..generation import greedy_generate
 
 DEFAULT_MAX_LENGTH = 2048  # the Mamba papers' evaluation length (lm-eval's mamba_ssm model uses it too)
 
@@ -155,7 +155,7 @@ class UtrcLM(HFLM):
         names = [task_names] * len(costs) if isinstance(task_names, str) or task_names is None else task_names
         if len(names) != len(costs):
             raise RuntimeError(f"{len(costs)} request costs for {len(names)} requests")
-        for name, cost in zip(names, costs):
+        for name, cost in zip(names, costs, strict=True):
             cost.dense_fallback |= dense_fallback
             self._realized[name or "unnamed"].add(cost)
 
@@ -192,7 +192,7 @@ class UtrcLM(HFLM):
             self._pending = []
             scores = super().loglikelihood_rolling([requests[i] for i in indices], disable_tqdm=disable_tqdm)
             self._attribute(task, dense_fallback=True)
-            for i, score in zip(indices, scores):
+            for i, score in zip(indices, scores, strict=True):
                 results[i] = score
         return results
 
@@ -226,7 +226,7 @@ class UtrcLM(HFLM):
         for chunk in collator.get_batched(n=batch_size, batch_fn=_sized(batch_fn)):
             windows = [list(window) for (window, _), _ in chunk]
             logprobs, row_costs = self._score_windows(windows, [k for (_, k), _ in chunk])
-            for ((_, _), indices), scored, cost in zip(chunk, logprobs, row_costs):
+            for ((_, _), indices), scored, cost in zip(chunk, logprobs, row_costs, strict=True):
                 for i in indices:
                     key, _, continuation = requests[i]
                     target = torch.tensor(continuation, device=scored.device)  # [k]
@@ -262,14 +262,15 @@ class UtrcLM(HFLM):
             ids[b, : len(w)] = torch.tensor(w)
             mask[b, : len(w)] = 1
         lengths = [len(w) for w in windows]
-        with torch.autocast(
-            device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None
-        ):
-            out = self.reduced(ids.to(self.device), protect_last=torch.tensor(protect), attention_mask=mask.to(self.device))
-        wanted = [range(n - k, n) for n, k in zip(lengths, protect)]
+        autocast = self.mixed_precision_dtype is not None
+        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=autocast):
+            out = self.reduced(ids.to(self.device), protect_last=torch.tensor(protect),
+                               attention_mask=mask.to(self.device))
+        wanted = [range(n - k, n) for n, k in zip(lengths, protect, strict=True)]
         rows = rows_at_positions(out.positions, wanted)
         logprobs = [
-            F.log_softmax(out.logits[b, r], dim=-1, dtype=self.softmax_dtype or torch.float32) for b, r in enumerate(rows)
+            F.log_softmax(out.logits[b, r], dim=-1, dtype=self.softmax_dtype or torch.float32)
+            for b, r in enumerate(rows)
         ]  # each [k_b, V]
         return logprobs, self._costs(out.tokens_per_layer, protect, out.lengths, lengths)
 
@@ -278,7 +279,7 @@ class UtrcLM(HFLM):
         processed = tokens_per_layer.sum(0).tolist()  # [B]
         return [
             RealizedCost(1, self.shape.n_layer * n, int(p), dense, reduced)
-            for n, p, (dense, reduced) in zip(lengths, processed, per_row)
+            for n, p, (dense, reduced) in zip(lengths, processed, per_row, strict=True)
         ]
 
     def _dense_windows(self, requests, disable_tqdm, override_bs):
@@ -298,7 +299,7 @@ class UtrcLM(HFLM):
             self._pending = []
             texts = super().generate_until([requests[i] for i in indices], disable_tqdm=disable_tqdm)
             self._attribute(task)
-            for i, text in zip(indices, texts):
+            for i, text in zip(indices, texts, strict=True):
                 results[i] = text
         return results
 
@@ -328,10 +329,11 @@ class UtrcLM(HFLM):
                 raise ValueError("generate_until: an empty context cannot be prefilled")
             ids = context[members, T - n :]  # [b, n] left padding stripped
             new, prefill = greedy_generate(self.reduced, ids, max_new, is_done)
-            for b, tokens in zip(members, new):
+            for b, tokens in zip(members, new, strict=True):
                 out[b, T : T + len(tokens)] = torch.tensor(tokens, device=out.device)
             k = len(members)  # prefill cost; decoding is never reduced and not costed
-            for b, cost in zip(members, self._costs(prefill.tokens_per_layer, [1] * k, prefill.lengths, [n] * k)):
+            prefill_costs = self._costs(prefill.tokens_per_layer, [1] * k, prefill.lengths, [n] * k)
+            for b, cost in zip(members, prefill_costs, strict=True):
                 costs[b] = cost
         self._pending.extend(costs)
         return out
