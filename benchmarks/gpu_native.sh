@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU checks and measurements of the mamba_ssm path (docs/benchmarks.md), for a lent GPU machine that has
-# torch + Triton but no registry access. Carry gpu-carry/ (ignored by git), prepared here with:
-#   mkdir -p gpu-carry/wheels && cp ../shared/tools/build-mamba-ssm-sm90.sh gpu-carry/
-#   cp ../shared/gpu-wheels/causal_conv1d-1.7.0-cp312-cp312-linux_x86_64.whl gpu-carry/
+# GPU checks and measurements of the mamba_ssm path (docs/benchmarks.md), for a GPU machine that has
+# torch + Triton but no package-registry access. Carry gpu-carry/ (ignored by git), prepared with:
+#   mkdir -p gpu-carry/wheels
+#   cp BUILD_SCRIPT gpu-carry/build-mamba-ssm-sm90.sh   # builds mamba_ssm's CUDA extensions for sm_90
+#   cp causal_conv1d-1.7.0-cp312-cp312-linux_x86_64.whl gpu-carry/   # causal_conv1d built for the machine
 #   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip download --no-deps --no-binary :all: \
 #       --no-build-isolation mamba-ssm==2.3.2.post1 -d gpu-carry
 #   pip download --no-deps transformers==5.24.0 -d gpu-carry/wheels
