@@ -34,15 +34,13 @@ mamba_ssm imports its CUDA extensions at import time; this module imports it onl
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .mamba1_scan import PAD_DT, scan_chunk
-
-_SOURCE_MODULES = {"ssm_output": "out_proj", "scan_output": "norm"}
+from .source_hooks import module_inputs
 
 
 def is_native_model(model) -> bool:
@@ -194,7 +192,7 @@ def _mamba2_with_sources(mixer, u: torch.Tensor, sources: set, cache):
         from mamba_ssm.utils.generation import InferenceParams
 
         cache = InferenceParams(max_seqlen=u.shape[1], max_batch_size=u.shape[0])
-    with _read_inputs(mixer, sources - {"mixer_output"}) as seen:
+    with module_inputs(mixer, sources - {"mixer_output"}) as seen:
         out = mixer(u, inference_params=cache)
     return out, {**seen, "mixer_output": out}
 
@@ -205,30 +203,6 @@ def _fusable(mixer) -> bool:
         mixer.use_mem_eff_path and mixer.rmsnorm and mixer.process_group is None and not mixer.D_has_hdim
         and mixer.d_ssm == mixer.d_inner
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _read_inputs(mixer, sources):
-    """Forward pre-hooks on the modules whose first input is each source, for one mixer call;
-    yields {source: tensor}, checked to be read exactly once when the block exits."""
-    seen: dict[str, list] = {name: [] for name in sources}
-    handles = [
-        getattr(mixer, _SOURCE_MODULES[name]).register_forward_pre_hook(lambda _m, args, log=log: log.append(args[0]))
-        for name, log in seen.items()
-    ]
-    found: dict[str, torch.Tensor] = {}
-    try:
-        yield found
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name, log in seen.items():
-        if len(log) != 1:
-            raise RuntimeError(
-                f"could not read the {name} of a mamba_ssm Mamba2 mixer: {_SOURCE_MODULES[name]} was called "
-                f"{len(log)} times instead of once; the policy cannot be applied"
-            )
-        found[name] = log[0]
 
 
 # --- Mamba-1 -----------------------------------------------------------------------------------

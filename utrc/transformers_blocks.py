@@ -20,8 +20,7 @@ import torch
 
 from .kernels import is_mamba_ssm_available
 from .mamba1_scan import mamba1_mixer_forward
-
-_SOURCE_MODULES = {"ssm_output": "out_proj", "scan_output": "norm"}
+from .source_hooks import SOURCE_MODULES, module_inputs
 
 
 class TransformersBlocks:
@@ -77,26 +76,9 @@ def _mixer_with_sources(mixer, normed: torch.Tensor, sources, cache=None):
     if _uses_mamba1_scan(mixer, normed):  # returns its SSM output itself
         out, ssm_output = mamba1_mixer_forward(mixer, normed, cache)
         return out, _pick({"ssm_output": ssm_output, "mixer_output": out}, sources, mixer)
-    captured: dict[str, list] = {name: [] for name in sources if name in _SOURCE_MODULES}
-    handles = []
-    for name, seen in captured.items():
-        module = getattr(mixer, _SOURCE_MODULES[name], None)
-        if module is None:
-            raise RuntimeError(f"{type(mixer).__name__} has no {_SOURCE_MODULES[name]!r}: it has no {name}")
-        handles.append(module.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0])))
-    try:
+    with module_inputs(mixer, [name for name in sources if name in SOURCE_MODULES]) as found:
         out = mixer(normed, cache)
-    finally:
-        for handle in handles:
-            handle.remove()
-    found = {"mixer_output": out}
-    for name, seen in captured.items():
-        if len(seen) != 1:
-            raise RuntimeError(
-                f"could not read the {name} of {type(mixer).__name__}: its forward did not call "
-                f"{_SOURCE_MODULES[name]} exactly once (a fused kernel path?); the policy cannot be applied"
-            )
-        found[name] = seen[0]
+    found["mixer_output"] = out
     return out, _pick(found, sources, mixer)
 
 
