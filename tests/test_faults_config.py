@@ -1,7 +1,7 @@
 """Bad workflow configurations: each stops at config load with a line naming the key.
 
 Values the schema's types let through (NaN, infinity, a storage path that cannot exist) are caught
-by workflow/scripts/configcheck.py, which workflow/rules/common.smk calls; the property-based test
+by workflow/schemas/configcheck.py, which workflow/rules/common.smk calls; the property-based test
 drives the same check with generated bad configurations (no Snakemake start per example)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 EXAMPLES = 1500
-_spec = importlib.util.spec_from_file_location("configcheck", ROOT / "workflow" / "scripts" / "configcheck.py")
+_spec = importlib.util.spec_from_file_location("configcheck", ROOT / "workflow" / "schemas" / "configcheck.py")
 configcheck = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(configcheck)
 

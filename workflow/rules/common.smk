@@ -27,8 +27,8 @@ def _validate_config(cfg):
     here = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
     with open(here / SCHEMA) as f:
         schema = yaml.safe_load(f)
-    # loaded by path: putting workflow/scripts on sys.path would shadow modules (its profile.py)
-    spec = importlib.util.spec_from_file_location("configcheck", here / "../scripts/configcheck.py")
+    # loaded by path, not imported: workflow/ is not a package and must not shadow module names
+    spec = importlib.util.spec_from_file_location("configcheck", here / "../schemas/configcheck.py")
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
     check.coerce(cfg, schema)
