@@ -49,11 +49,15 @@ if ! munge -n >/dev/null 2>&1; then
   started /run/munge/munged.pid
 fi
 
-[ -d "$dir/mysql/mysql" ] || mariadb-install-db --user=mysql --datadir="$dir/mysql" >"$dir/log/mariadb-init.log" 2>&1
-setsid mariadbd --user=mysql --datadir="$dir/mysql" --socket=/run/mysqld/mysqld.sock --bind-address=127.0.0.1 \
-  --pid-file=/run/mysqld/mariadb.pid >"$dir/log/mariadb.log" 2>&1 </dev/null &
-started /run/mysqld/mariadb.pid
-for _ in $(seq 60); do mariadb -u root -e "select 1" >/dev/null 2>&1 && break; sleep 1; done
+# where the machine's own MariaDB already runs (Debian's postinst starts it where services run), it serves: a
+# second server cannot take its socket and port
+if ! mariadb -u root -e "select 1" >/dev/null 2>&1; then
+  [ -d "$dir/mysql/mysql" ] || mariadb-install-db --user=mysql --datadir="$dir/mysql" >"$dir/log/mariadb-init.log" 2>&1
+  setsid mariadbd --user=mysql --datadir="$dir/mysql" --socket=/run/mysqld/mysqld.sock --bind-address=127.0.0.1 \
+    --pid-file=/run/mysqld/mariadb.pid >"$dir/log/mariadb.log" 2>&1 </dev/null &
+  started /run/mysqld/mariadb.pid
+  for _ in $(seq 60); do mariadb -u root -e "select 1" >/dev/null 2>&1 && break; sleep 1; done
+fi
 mariadb -u root -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; CREATE USER IF NOT EXISTS 'slurm'@'localhost' \
   IDENTIFIED BY 'slurm'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 

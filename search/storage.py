@@ -26,7 +26,8 @@ additions for workers that are killed at any moment:
   of after Optuna's 30-second grace period (which still applies to holders on other hosts).
 
 A URL (``sqlite:///…``, ``postgresql://…``) is an `RDBStorage` with Optuna's heartbeat and the
-same retry callback.
+same retry callback; its heartbeat also writes the trial system attr ``heartbeat``, so that a
+trial names the worker that ran it whichever storage holds the study.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def open_storage(storage: str, stale_after: float = 900.0):
     if "://" in storage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna calls its heartbeat experimental
-            return RDBStorage(storage, heartbeat_interval=interval, grace_period=max(1, round(stale_after)),
-                              heartbeat_stale_trial_callback=retry_stale_trial)
+            return OwnerRDBStorage(storage, heartbeat_interval=interval, grace_period=max(1, round(stale_after)),
+                                   heartbeat_stale_trial_callback=retry_stale_trial)
     folder = os.path.dirname(os.path.abspath(storage))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -143,6 +144,22 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def record_owner(storage, trial_id: int) -> None:
+    """The heartbeat's trial system attr: the time and this worker (host, pid, start time)."""
+    try:
+        storage.set_trial_system_attr(trial_id, HEARTBEAT, {"time": time.time(), "worker": worker_id()})
+    except UpdateFinishedTrialError:
+        pass  # failed as stale by another worker meanwhile: its owner learns it when it reports
+
+
+class OwnerRDBStorage(RDBStorage):
+    """Optuna's RDB storage; its heartbeat (Optuna's, which decides staleness) also names the worker."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        super().record_heartbeat(trial_id)
+        record_owner(self, trial_id)
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with Optuna's heartbeat interface (see the module docstring)."""
 
@@ -152,10 +169,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._stale_after = stale_after
 
     def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            self.set_trial_system_attr(trial_id, HEARTBEAT, {"time": time.time(), "worker": worker_id()})
-        except UpdateFinishedTrialError:
-            pass  # failed as stale by another worker meanwhile: its owner learns it when it reports
+        record_owner(self, trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         me = worker_id()

@@ -23,6 +23,8 @@ import pytest
 from optuna.trial import TrialState
 from test_workflow import ROOT, tiny_model  # noqa: F401 (tiny_model is a fixture)
 
+from search.storage import HEARTBEAT
+
 REQUIRED = os.environ.get("UTRC_REQUIRE_POSTGRES") == "1"
 WORKERS, QUEUED, N_TRIALS = 3, 6, 14
 
@@ -123,8 +125,9 @@ def test_parallel_workers_share_one_study_on_postgres(postgres_url, tiny_model, 
     for t in trials:
         if t.user_attrs.get("origin") in queued:
             assert t.params == pytest.approx(queued[t.user_attrs["origin"]]), t.number
-    # and the work was shared: every worker process ran trials of its own, each trial has one owner
-    owners = {(t.user_attrs["worker"]["host"], t.user_attrs["worker"]["pid"]) for t in trials}
+    # and the work was shared: every worker process ran trials of its own, each trial names its owner (the
+    # heartbeat's trial system attr, search/storage.py)
+    owners = {(t.system_attrs[HEARTBEAT]["worker"]["host"], t.system_attrs[HEARTBEAT]["worker"]["pid"]) for t in trials}
     assert len(owners) == WORKERS + 1, owners
     assert study.metric_names == ["dev KL"]
 
