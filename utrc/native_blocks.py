@@ -21,12 +21,13 @@ possible:
 
 mamba_ssm's Mamba-1 selective scan walks each row in chunks of 2048 steps and is fast only when a
 row fills whole chunks, so a shortened row (2048 -> 1856 -> ...) costs what a full one costs. After a
-reduction, therefore, a Mamba-1 stream without a cache is kept *packed* between blocks
-(`PackedRows`): the batch rows laid end to end in one sequence, each after a few zero rows. Every
-block then runs mamba_ssm's operations on the packed sequence -- in_proj, causal conv, x_proj,
-dt_proj, the scan, out_proj -- and pays for the real tokens plus at most one chunk of padding,
-with no copy between blocks; only a reduction layer unpacks its two branches, and packs the
-reduced ones again.
+reduction, therefore (and from the start at such a length), a Mamba-1 stream is kept *packed*
+between blocks (`PackedRows`): the batch rows laid end to end in one sequence, each after a few
+zero rows. Every block then runs mamba_ssm's operations on the packed sequence -- in_proj, causal
+conv, x_proj, dt_proj, the scan, out_proj: the projections on the packed rows, the scan on them
+rounded up to whole chunks -- with no copy between blocks; only a reduction layer unpacks its two
+branches, and packs the reduced ones again. A prefill that fills a decoding cache reads each row's
+final states out of the same scan (`mamba1_packed`).
 
 mamba_ssm imports its CUDA extensions at import time; this module imports it only when a
 `NativeBlocks` is built, so it can be imported (not used) on a CPU.
