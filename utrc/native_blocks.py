@@ -319,7 +319,7 @@ class PackedRows:
     to whole chunks of the scan."""
 
     def __init__(self, batch: int, length: int, gap: int, device, tail: int = 0):
-        self.B, self.L = batch, length
+        self.B = batch
         self.gap = max(gap, 1) + (-(max(gap, 1) + length) % 8)  # zero rows before each row
         self.seg = self.gap + length  # rows per batch row, zero rows included
         self.T = batch * self.seg + tail
